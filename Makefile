@@ -1,0 +1,48 @@
+# The two set-up commands: `make run` and `make test`. Both create .venv and install into it.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint validate send list clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+# Reinstall when the project metadata changes.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## run: the processor against the embedded SQS/S3 emulator (no AWS account needed)
+run: $(STAMP)
+	$(BIN)/python -m sqs_processor.local
+
+## test: the whole suite (moto server over real HTTP), plus lint
+test: $(STAMP)
+	$(BIN)/ruff check core plugins tests
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check core plugins tests
+
+## validate: check every shipped config
+validate: $(STAMP)
+	@for f in configs/*.yaml configs/examples/*.yaml; do \
+	  [ -e "$$f" ] || continue; \
+	  echo "== $$f"; \
+	  SQS_QUEUE_URL=https://sqs.us-west-1.amazonaws.com/123456789012/example \
+	  S3_BUCKET_NAME=example-bucket $(BIN)/sqs-processor validate --config $$f || exit 1; \
+	done
+
+## send BODY='...': send one message to the local queue while `make run` runs
+send: $(STAMP)
+	$(BIN)/python -m sqs_processor.local send '$(BODY)'
+
+## list: list what `make run` archived
+list: $(STAMP)
+	$(BIN)/python -m sqs_processor.local list
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

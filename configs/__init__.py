@@ -1,0 +1,1 @@
+"""The pipeline YAML files shipped with the package (read with importlib.resources)."""

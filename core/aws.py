@@ -1,0 +1,88 @@
+"""boto3 clients, created once per pipeline.
+
+Credentials, and endpoints unless the YAML sets one, come from boto3's own chain: IRSA on EKS,
+``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_SQS`` / ``AWS_ENDPOINT_URL_S3`` for emulators, the usual
+``AWS_*`` variables and profiles elsewhere. Clients are created up front in the main thread
+(creating botocore clients is not thread-safe; using them is).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+
+class AwsClients:
+    """Hands out one boto3 client per service, sharing a session and a botocore Config.
+
+    The connection pool is sized to the number of threads that can call a client at once, so
+    concurrent workers never see "connection pool is full".
+    """
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        endpoint_url: str | None = None,
+        max_pool_connections: int = 10,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+        max_attempts: int = 5,
+    ) -> None:
+        self.region = region
+        self.endpoint_url = endpoint_url
+        self._session = boto3.session.Session(region_name=region)
+        self._config = Config(
+            region_name=region,
+            max_pool_connections=max_pool_connections,
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
+            retries={"mode": "standard", "max_attempts": max_attempts},
+            user_agent_extra="sqs-processor",
+        )
+        self._clients: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def client(self, service: str) -> Any:
+        """The shared client for ``service`` ("sqs", "s3", ...), created on first use."""
+        with self._lock:
+            client = self._clients.get(service)
+            if client is None:
+                kwargs: dict[str, Any] = {"config": self._config}
+                if self.endpoint_url:
+                    kwargs["endpoint_url"] = self.endpoint_url
+                client = self._session.client(service, **kwargs)
+                self._clients[service] = client
+            return client
+
+    def close(self) -> None:
+        with self._lock:
+            for client in self._clients.values():
+                close = getattr(client, "close", None)
+                if close is not None:
+                    close()
+            self._clients.clear()
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError, or the exception's class name."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    return type(exc).__name__
+
+
+def describe_error(exc: BaseException) -> str:
+    """``Code: message`` for an AWS error, ``Type: message`` for anything else, on one line."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and response.get("Error"):
+        message = response["Error"].get("Message") or ""
+        text = f"{error_code(exc)}: {message}".rstrip(": ")
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+    return " ".join(text.split())

@@ -1,0 +1,152 @@
+"""The ``sqs-processor`` command: ``run``, ``validate`` and ``plugins``.
+
+Exit codes: 0 success (including a graceful stop on SIGTERM/SIGINT), 2 a configuration error
+(one line on stderr naming the key, the value and what was expected; no traceback), 1 a failure
+at run time such as the health port being taken.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from sqs_processor import __version__
+from sqs_processor.config import load_config, load_plugin_settings
+from sqs_processor.errors import ConfigError
+from sqs_processor.health import HealthServer
+from sqs_processor.logs import LEVELS, configure
+from sqs_processor.manager import KIND_LABELS, build_plugin_manager
+from sqs_processor.pipeline import Pipeline, build_pipeline
+from sqs_processor.runner import Runner
+
+log = logging.getLogger("sqs_processor.cli")
+
+CONFIG_ENV = "SQS_PROCESSOR_CONFIG"
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", choices=LEVELS, default=argparse.SUPPRESS,
+                        help="log verbosity (default: info)")
+    common.add_argument("--log-format", choices=("text", "json"), default=argparse.SUPPRESS,
+                        help="text for people, json for log pipelines (default: text)")
+    with_config = argparse.ArgumentParser(add_help=False)
+    with_config.add_argument(
+        "--config", type=Path, default=argparse.SUPPRESS, metavar="FILE",
+        help=f"pipeline YAML (default: ${CONFIG_ENV}, else the built-in default.yaml, which "
+             "reads SQS_QUEUE_URL, S3_BUCKET_NAME and the other variables of the original "
+             "service)")
+
+    parser = argparse.ArgumentParser(
+        prog="sqs-processor", parents=[common],
+        description="Archive SQS messages into S3 through a pipeline wired in YAML.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands.add_parser("run", parents=[common, with_config],
+                        help="run the pipeline until SIGTERM or SIGINT")
+    commands.add_parser("validate", parents=[common, with_config],
+                        help="check the config and that every component resolves; print the "
+                             "pipeline")
+    commands.add_parser("plugins", parents=[common, with_config],
+                        help="list every available component and where it comes from")
+    return parser
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    path = getattr(args, "config", None)
+    if path is None and os.environ.get(CONFIG_ENV):
+        path = Path(os.environ[CONFIG_ENV])
+    return path
+
+
+def _load(args: argparse.Namespace) -> Pipeline:
+    config = load_config(_config_path(args))
+    return build_pipeline(config, build_plugin_manager(config.plugin_settings))
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    pipeline = _load(args)
+    print(pipeline.describe())
+    print("config is valid")
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    path = _config_path(args)
+    settings = load_plugin_settings(path) if path is not None else None
+    manager = build_plugin_manager(settings)
+    rows = [(KIND_LABELS[c.kind], c.name, str(c.provider), c.spec.description)
+            for c in manager.all_components()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else [0, 0, 0]
+    header = ("KIND", "NAME", "PROVIDER", "DESCRIPTION")
+    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)))
+    for broken in manager.broken:
+        print(f"broken: {broken}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    pipeline = _load(args)
+    runner = Runner(pipeline)
+    service = pipeline.config.service
+    try:
+        health = HealthServer(runner, service["health_host"], service["health_port"])
+    except OSError as exc:
+        print(f"sqs-processor: cannot serve health checks on {service['health_host']}:"
+              f"{service['health_port']}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    _install_signal_handlers(runner)
+    health.start()
+    log.info("health server listening on %s:%d (/health, /healthz, /readyz)",
+             service["health_host"], health.port, extra={"event": "health_listening",
+                                                         "port": health.port})
+    try:
+        return runner.run()
+    finally:
+        health.stop()
+
+
+def _install_signal_handlers(runner: Runner) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handle(signum: int, _frame: object) -> None:
+        name = signal.Signals(signum).name
+        if runner.stopping:
+            log.warning("%s again: exiting now; unfinished messages return to the queue after "
+                        "their visibility timeout", name, extra={"event": "forced_exit"})
+            logging.shutdown()
+            os._exit(128 + signum)
+        log.info("%s received: shutting down gracefully", name, extra={"event": "signal"})
+        runner.stop()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure(getattr(args, "log_level", "info"), getattr(args, "log_format", "text"))
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"sqs-processor: config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""Loading and validating the pipeline YAML.
+
+The file is parsed (duplicate keys are an error, not a silent overwrite), ``${VAR}`` and
+``${VAR:-default}`` are replaced from the environment (``$${`` writes a literal ``${``), and the
+engine's own sections (``service``, ``aws``, the plugin lists) are checked here. Component
+sections (``source``, ``transforms``, ``sink``, ``ack``) are checked against the options their
+plugin declares when the pipeline is built (:mod:`sqs_processor.pipeline`). Nothing here touches
+the network.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from sqs_processor.errors import ConfigError
+from sqs_processor.options import Option, suggest, validate_options
+from sqs_processor.records import normalise_name
+
+DEFAULT_CONFIG_NAME = "default.yaml"
+
+SERVICE_OPTIONS = (
+    Option("health_host", str, "0.0.0.0", "Address the health server listens on."),
+    Option("health_port", int, 8080, "Port of the health server (0 picks a free port).",
+           minimum=0, maximum=65535),
+    Option("workers", int, 10, "Threads that run transforms and sink writes concurrently.",
+           minimum=1, maximum=256),
+    Option("pollers", int, 1, "Threads that receive from the source concurrently.",
+           minimum=1, maximum=32),
+    Option("max_in_flight", int, 20,
+           "Messages received but not yet acknowledged, at most (bounds memory and work at risk).",
+           minimum=1, maximum=10000),
+    Option("shutdown_grace_seconds", float, 25.0,
+           "After SIGTERM, how long in-flight work may take before the rest is released.",
+           minimum=0, maximum=3600),
+)
+
+AWS_OPTIONS = (
+    Option("region", str, None, "AWS region; unset means boto3's own chain (AWS_REGION, profile)."),
+    Option("endpoint_url", str, None,
+           "Endpoint for every AWS service; unset means boto3's chain (AWS_ENDPOINT_URL_*)."),
+    Option("max_attempts", int, 5, "Attempts per AWS call, botocore standard retry mode.",
+           minimum=1, maximum=20),
+    Option("connect_timeout", float, 10.0, "Seconds to open a connection to AWS.",
+           minimum=0.1, maximum=300),
+    Option("read_timeout", float, 60.0,
+           "Seconds to wait for an AWS response; must exceed the source's long poll.",
+           minimum=1, maximum=900),
+)
+
+TOP_LEVEL_KEYS = (
+    "service", "aws", "plugin_paths", "plugins", "load_entrypoints",
+    "source", "transforms", "sink", "ack",
+)
+
+_VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --------------------------------------------------------------------------------------------
+# The validated configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ComponentConfig:
+    """One component block: its ``type`` (normalised) and the rest of its keys, unvalidated."""
+
+    type: str
+    options: Mapping[str, Any]
+    where: str
+
+
+@dataclass(frozen=True)
+class PluginSettings:
+    """The part of the YAML that says where plugins come from."""
+
+    base_dir: Path
+    plugin_paths: tuple[Path, ...] = ()
+    plugins: tuple[str, ...] = ()
+    load_entrypoints: bool = True
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The whole pipeline YAML, interpolated and with the engine's sections validated."""
+
+    path: Path | None
+    base_dir: Path
+    service: Mapping[str, Any]
+    aws: Mapping[str, Any]
+    source: ComponentConfig
+    transforms: tuple[ComponentConfig, ...]
+    sink: ComponentConfig
+    ack: ComponentConfig
+    plugin_settings: PluginSettings
+    env_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def explain(self, error: ConfigError) -> ConfigError:
+        """Add the environment variables behind ``error.key`` to the error, if any."""
+        return _explain(error, self.env_sources)
+
+
+def _explain(error: ConfigError, env_sources: Mapping[str, tuple[str, ...]]) -> ConfigError:
+    env = env_sources.get(error.key)
+    return error.with_env(env) if env and not error.env else error
+
+
+# --------------------------------------------------------------------------------------------
+# Reading and interpolation
+# --------------------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key written twice in one mapping."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    loader.flatten_mapping(node)
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            mark = key_node.start_mark
+            raise ConfigError(
+                "", f"line {mark.line + 1}: key {key!r} appears twice in the same mapping"
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def default_config_path() -> Path:
+    """The built-in default pipeline, shipped inside the installed package."""
+    return Path(str(resources.files("sqs_processor.configs").joinpath(DEFAULT_CONFIG_NAME)))
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Parse a YAML file into a mapping, with errors that name the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config", f"file {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("config", f"file {str(path)!r} cannot be read: {exc}") from None
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)
+    except ConfigError as exc:
+        raise ConfigError("config", f"file {str(path)!r}, {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError("config",
+                          f"file {str(path)!r} is not valid YAML:{where} {problem}") from None
+    if document is None:
+        raise ConfigError("config", f"file {str(path)!r} is empty")
+    if not isinstance(document, dict):
+        raise ConfigError("config", f"file {str(path)!r} must hold a mapping at the top level, "
+                                    f"not {type(document).__name__}")
+    return document
+
+
+def interpolate(node: Any, where: str, environ: Mapping[str, str], env_sources: dict) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string under ``node``.
+
+    ``env_sources`` collects, per dotted key, the variables that key was built from.
+    """
+    if isinstance(node, str):
+        used: list[str] = []
+
+        def replace(match: re.Match[str]) -> str:
+            if match.group(0) == "$${":
+                return "${"
+            expression = match.group(1)
+            name, sep, default = expression.partition(":-")
+            if not _VAR_NAME.match(name):
+                raise ConfigError(where, f"has an invalid variable reference ${{{expression}}}",
+                                  expected="${NAME} or ${NAME:-default}")
+            used.append(name)
+            value = environ.get(name)
+            if sep:
+                return value if value else default
+            if value is None:
+                raise ConfigError(where, f"needs environment variable {name}, which is not set")
+            return value
+
+        result = _VAR.sub(replace, node)
+        if used:
+            env_sources[where] = tuple(dict.fromkeys(used))
+        return result
+    if isinstance(node, dict):
+        return {k: interpolate(v, f"{where}.{k}" if where else str(k), environ, env_sources)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [interpolate(v, f"{where}[{i}]", environ, env_sources) for i, v in enumerate(node)]
+    return node
+
+
+# --------------------------------------------------------------------------------------------
+# Section checks
+# --------------------------------------------------------------------------------------------
+
+
+def _component(raw: Any, where: str) -> ComponentConfig:
+    if isinstance(raw, str):  # shorthand: "- json_parse"
+        raw = {"type": raw}
+    if not isinstance(raw, dict):
+        raise ConfigError(where, "must be a mapping with a 'type' key", value=raw,
+                          expected="e.g. {type: s3, bucket: my-bucket}")
+    kind = raw.get("type")
+    if kind is None:
+        raise ConfigError(f"{where}.type", "is required", expected="the name of a component")
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where}.type", "has the wrong type", value=kind,
+                          expected="the name of a component")
+    try:
+        name = normalise_name(kind)
+    except ValueError:
+        raise ConfigError(f"{where}.type", "is not a valid component name", value=kind,
+                          expected="letters, digits, '_', '-' or '.'") from None
+    options = {k: v for k, v in raw.items() if k != "type"}
+    for key in options:
+        if not isinstance(key, str):
+            raise ConfigError(f"{where}", f"has a non-text key {key!r}", expected="option names")
+    return ComponentConfig(type=name, options=options, where=where)
+
+
+def _string_list(raw: Any, where: str) -> list[str]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise ConfigError(where, "has the wrong type", value=raw, expected="a list of strings")
+    for i, item in enumerate(raw):
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{where}[{i}]", "has the wrong type", value=item,
+                              expected="a non-empty string")
+    return [item.strip() for item in raw]
+
+
+_MODULE_REF = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
+
+
+def _plugin_settings(document: Mapping[str, Any], base_dir: Path) -> PluginSettings:
+    paths = []
+    for i, item in enumerate(_string_list(document.get("plugin_paths"), "plugin_paths")):
+        path = Path(item).expanduser()
+        paths.append(path if path.is_absolute() else (base_dir / path))
+        if not paths[-1].is_dir():
+            raise ConfigError(f"plugin_paths[{i}]", "is not a directory", value=item,
+                              expected="a folder of plugin .py files (relative paths start "
+                                       "at the config file's folder)")
+    modules = _string_list(document.get("plugins"), "plugins")
+    for i, ref in enumerate(modules):
+        if not _MODULE_REF.match(ref):
+            raise ConfigError(f"plugins[{i}]", "is not a module reference", value=ref,
+                              expected="'package.module' or 'package.module:attribute'")
+    autoload = Option("load_entrypoints", bool, True).convert(
+        document.get("load_entrypoints", True), "load_entrypoints")
+    return PluginSettings(base_dir=base_dir, plugin_paths=tuple(paths), plugins=tuple(modules),
+                          load_entrypoints=autoload)
+
+
+def _check_top_level(document: Mapping[str, Any]) -> None:
+    for key in document:
+        if key not in TOP_LEVEL_KEYS:
+            hint = suggest(str(key), TOP_LEVEL_KEYS) or "; known sections: " + ", ".join(
+                TOP_LEVEL_KEYS)
+            raise ConfigError(str(key), f"is not a section of the pipeline config{hint}")
+
+
+def _check_endpoint(value: str | None, key: str) -> None:
+    if value is None:
+        return
+    parsed = urlparse(value)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(key, "is not a URL", value=value, expected="http(s)://host[:port]")
+
+
+def _resolve(path: Path | None) -> tuple[Path, Path]:
+    path = default_config_path() if path is None else Path(path)
+    return path, path.resolve().parent
+
+
+def load_plugin_settings(path: Path | None = None,
+                         environ: Mapping[str, str] | None = None) -> PluginSettings:
+    """Read only where plugins come from (for ``sqs-processor plugins``)."""
+    path, base_dir = _resolve(path)
+    document = read_document(path)
+    environ = os.environ if environ is None else environ
+    subset = {k: document[k] for k in ("plugin_paths", "plugins", "load_entrypoints")
+              if k in document}
+    return _plugin_settings(interpolate(subset, "", environ, {}), base_dir)
+
+
+def load_config(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> PipelineConfig:
+    """Read, interpolate and check a pipeline file (the built-in default when ``path`` is None).
+
+    Raises :class:`ConfigError` for the first problem found.
+    """
+    path, base_dir = _resolve(path)
+    raw = read_document(path)
+    environ = os.environ if environ is None else environ
+    _check_top_level(raw)
+    env_sources: dict[str, tuple[str, ...]] = {}
+    document = interpolate(raw, "", environ, env_sources)
+
+    try:
+        for section in ("service", "aws"):
+            if not isinstance(document.get(section) or {}, dict):
+                raise ConfigError(section, "must be a mapping", value=document[section])
+        service = validate_options(SERVICE_OPTIONS, document.get("service"), "service")
+        aws = validate_options(AWS_OPTIONS, document.get("aws"), "aws")
+        _check_endpoint(aws["endpoint_url"], "aws.endpoint_url")
+        if aws["region"] is not None and not re.match(r"^[a-z]{2}(-[a-z]+)+-\d+$", aws["region"]):
+            raise ConfigError("aws.region", "is not an AWS region name", value=aws["region"],
+                              expected="e.g. us-west-1")
+        for section in ("source", "sink", "ack"):
+            if document.get(section) is None:
+                raise ConfigError(section, "is required",
+                                  expected="a mapping with a 'type' key naming a component")
+        source = _component(document["source"], "source")
+        transforms_raw = document.get("transforms") or []
+        if not isinstance(transforms_raw, list):
+            raise ConfigError("transforms", "has the wrong type", value=transforms_raw,
+                              expected="a list of transform steps")
+        transforms = tuple(_component(item, f"transforms[{i}]")
+                           for i, item in enumerate(transforms_raw))
+        sink = _component(document["sink"], "sink")
+        ack = _component(document["ack"], "ack")
+        plugin_settings = _plugin_settings(document, base_dir)
+    except ConfigError as exc:
+        raise _explain(exc, env_sources) from None
+
+    return PipelineConfig(
+        path=path,
+        base_dir=base_dir,
+        service=service,
+        aws=aws,
+        source=source,
+        transforms=transforms,
+        sink=sink,
+        ack=ack,
+        plugin_settings=plugin_settings,
+        env_sources=env_sources,
+    )

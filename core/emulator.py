@@ -1,0 +1,74 @@
+"""A local SQS + S3 emulator (moto's server) on loopback, for ``make run`` and the tests.
+
+    python -m sqs_processor.emulator [--host 127.0.0.1] [--port 4566]
+
+It speaks the real AWS HTTP protocols, so boto3 and the AWS CLI reach it unchanged with
+``--endpoint-url http://127.0.0.1:4566`` (any credentials). It needs the ``local`` extra
+(``moto[server]``).
+
+One fix is applied to moto inside this process: moto rebuilds a queue's message list on delete
+without the lock that guards sends, so a delete racing a send or another delete can lose an
+update (a deleted message comes back, or a sent one vanishes). Deletes take the queue's own lock
+here, which is what SQS guarantees and what the processor's guarantees are tested against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import signal
+import sys
+import threading
+
+
+def _serialise_moto_deletes() -> None:
+    from moto.sqs import models
+
+    original = models.Queue.delete_message
+    if getattr(original, "_sqs_processor_locked", False):
+        return
+
+    @functools.wraps(original)
+    def delete_message(self, receipt_handle):  # type: ignore[no-untyped-def]
+        with self._messages_lock:
+            return original(self, receipt_handle)
+
+    delete_message._sqs_processor_locked = True  # type: ignore[attr-defined]
+    models.Queue.delete_message = delete_message
+
+
+def start(host: str = "127.0.0.1", port: int = 4566):  # type: ignore[no-untyped-def]
+    """Start the emulator in a thread of this process; returns the moto ThreadedMotoServer."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise SystemExit("the emulator needs moto's server: pip install 'sqs-processor[local]' "
+                         f"({exc})") from None
+    _serialise_moto_deletes()
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    return server
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sqs_processor.emulator",
+                                     description="Local SQS + S3 emulator on loopback.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4566)
+    args = parser.parse_args(argv)
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+    server = start(args.host, args.port)
+    host, port = server.get_host_and_port()
+    print(f"emulator listening on http://{host}:{port}", flush=True)
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    while not stopped.wait(1.0):
+        pass
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

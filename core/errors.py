@@ -1,0 +1,63 @@
+"""Error types the engine and plugins raise, and how they read to a user.
+
+Two families matter:
+
+* :class:`ConfigError` is a mistake in the pipeline YAML, the environment it reads, or a plugin
+  the YAML names. It is raised before anything connects to AWS; the CLI prints its one line and
+  exits with code 2.
+* :class:`MessageError` belongs to a single message (for example its document cannot be encoded).
+  The message is left in SQS to be redelivered; other messages keep flowing.
+"""
+
+from __future__ import annotations
+
+_MISSING = object()
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported as one actionable line.
+
+    ``key`` is the dotted path in the YAML (``source.max_messages``), ``value`` the offending
+    value as read, ``expected`` what would have been accepted. ``env`` names the environment
+    variables the value was interpolated from, so the user knows where to fix it.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        problem: str,
+        *,
+        value: object = _MISSING,
+        expected: str | None = None,
+        env: tuple[str, ...] = (),
+    ) -> None:
+        self.key = key
+        self.problem = problem
+        self.value = value
+        self.expected = expected
+        self.env = tuple(env)
+        super().__init__(str(self))
+
+    def with_env(self, env: tuple[str, ...]) -> ConfigError:
+        """Return a copy that names the environment variables behind the value."""
+        return ConfigError(
+            self.key, self.problem, value=self.value, expected=self.expected, env=env
+        )
+
+    def __str__(self) -> str:
+        parts = [f"{self.key}: " if self.key else ""]
+        if self.value is not _MISSING:
+            # repr() escapes control characters, so the error stays on one line.
+            parts.append(f"{self.value!r} {self.problem}")
+        else:
+            parts.append(self.problem)
+        if self.expected:
+            parts.append(f"; expected {self.expected}")
+        if self.env:
+            names = ", ".join(f"${name}" for name in self.env)
+            parts.append(f" (from {names})")
+        return "".join(parts)
+
+
+class MessageError(Exception):
+    """A failure that belongs to one message; that message is left for SQS to redeliver."""

@@ -1,0 +1,331 @@
+"""Finding plugins and asking them for components: one plugin manager per pipeline.
+
+Plugins come from three places, registered in this order and all through the same path:
+
+1. the built-in list :data:`BUILTIN_PLUGINS` (the SQS source, the S3 sink, ...);
+2. the ``sqs_processor`` entry-point group of installed distributions, loaded one at a time
+   (unless ``load_entrypoints: false``);
+3. the YAML: every ``*.py`` file in the ``plugin_paths`` folders, and ``plugins`` entries
+   written ``package.module`` or ``package.module:attribute``.
+
+A plugin that fails to load from an entry point is a warning, since the pipeline may not need it;
+if the YAML then names a component nobody provides, the error lists the broken plugins. A file or
+module the YAML itself names must load, or the config is rejected. ``check_pending()`` runs after
+registration, so a misspelled hook name fails loudly instead of never being called.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import logging
+import sys
+import traceback
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from sqs_processor import hookspecs
+from sqs_processor.config import PluginSettings
+from sqs_processor.errors import ConfigError
+from sqs_processor.options import suggest
+from sqs_processor.records import (
+    AckerSpec,
+    HealthCheckSpec,
+    SinkSpec,
+    SourceSpec,
+    TransformSpec,
+    normalise_name,
+)
+
+log = logging.getLogger(__name__)
+
+ENTRYPOINT_GROUP = "sqs_processor"
+
+BUILTIN_PLUGINS = (
+    "sqs_processor.plugins.sqs_source",
+    "sqs_processor.plugins.json_parse",
+    "sqs_processor.plugins.enrich",
+    "sqs_processor.plugins.s3_sink",
+    "sqs_processor.plugins.sqs_delete",
+)
+"""The built-in plugins, registered exactly as a third-party plugin would be."""
+
+SPEC_TYPES = {"source": SourceSpec, "transform": TransformSpec, "sink": SinkSpec, "ack": AckerSpec}
+KIND_LABELS = {"source": "source", "transform": "transform", "sink": "sink", "ack": "acker"}
+
+
+@dataclass(frozen=True)
+class Provider:
+    """Where a plugin came from, for messages and ``sqs-processor plugins``."""
+
+    origin: str  # "built-in", "entry point", "file" or "module"
+    detail: str
+
+    def __str__(self) -> str:
+        return f"{self.origin} {self.detail}"
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """A plugin that could not be loaded or whose registration hook raised."""
+
+    provider: Provider
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.provider} ({self.error})"
+
+
+@dataclass(frozen=True)
+class Component:
+    """A registered component and the plugin that registered it."""
+
+    kind: str
+    spec: Any
+    provider: Provider
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def _one_line(exc: BaseException, path: Path | None = None) -> str:
+    """``ExcType: message``, plus the line in ``path`` where it happened when known."""
+    text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
+    if isinstance(exc, SyntaxError) and exc.lineno:
+        return f"{type(exc).__name__}: {exc.msg} (line {exc.lineno})"
+    if path is not None:
+        lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
+                 if Path(f.filename) == path]
+        if lines:
+            text += f" (line {lines[-1]})"
+    return text
+
+
+class PluginManager:
+    """A thin facade over pluggy's manager: typed accessors and clear errors.
+
+    Build one with :func:`build_plugin_manager`; never share one between pipelines.
+    """
+
+    def __init__(self, pm: pluggy.PluginManager) -> None:
+        self.pm = pm
+        self._providers: dict[str, Provider] = {}
+        self.broken: list[BrokenPlugin] = []
+        self._components: dict[str, dict[str, Component]] | None = None
+
+    # -- registration ------------------------------------------------------------------------
+
+    def register(self, plugin: object, name: str, provider: Provider) -> None:
+        """Register ``plugin`` under ``name``; a plugin object registered twice is skipped."""
+        if self.pm.is_registered(plugin):
+            log.debug("plugin %s is already registered; skipping %s", name, provider)
+            return
+        try:
+            self.pm.register(plugin, name=name)
+        except pluggy.PluginValidationError as exc:
+            raise ConfigError("plugins", f"{provider} is not a valid plugin: {exc}") from None
+        except ValueError as exc:  # a name registered twice
+            raise ConfigError("plugins", f"{provider} cannot be registered: {exc}") from None
+        self._providers[name] = provider
+        self._components = None
+
+    def provider_of(self, plugin_name: str) -> Provider:
+        return self._providers.get(plugin_name, Provider("plugin", plugin_name))
+
+    def check_pending(self) -> None:
+        """Fail on hook implementations that match no hook (usually a misspelled name)."""
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            provider = self.provider_of(self.pm.get_name(exc.plugin) or "")
+            raise ConfigError("plugins", f"{provider} implements a hook that does not exist: "
+                                         f"{exc}; hooks are listed in sqs_processor.hookspecs"
+                              ) from None
+
+    # -- components --------------------------------------------------------------------------
+
+    def components(self, kind: str) -> dict[str, Component]:
+        """All components of ``kind`` ("source", "transform", "sink", "ack"), sorted by name."""
+        if self._components is None:
+            self._components = {k: self._collect(k) for k in hookspecs.REGISTRATION_HOOKS}
+        return self._components[kind]
+
+    def all_components(self) -> list[Component]:
+        return [c for kind in hookspecs.REGISTRATION_HOOKS for c in self.components(kind).values()]
+
+    def _collect(self, kind: str) -> dict[str, Component]:
+        hook = getattr(self.pm.hook, hookspecs.REGISTRATION_HOOKS[kind])
+        expected = SPEC_TYPES[kind]
+        found: dict[str, Component] = {}
+        for impl in hook.get_hookimpls():  # registration order
+            provider = self.provider_of(impl.plugin_name)
+            try:
+                specs = _as_list(impl.function())
+            except Exception as exc:
+                self._mark_broken(provider, f"{hook.name} raised {_one_line(exc)}")
+                continue
+            for spec in specs:
+                if not isinstance(spec, expected):
+                    raise ConfigError("plugins", f"{provider}: {hook.name} returned "
+                                                 f"{type(spec).__name__}, expected "
+                                                 f"{expected.__name__}")
+                if spec.name in found:
+                    first = found[spec.name].provider
+                    raise ConfigError("plugins", f"{KIND_LABELS[kind]} {spec.name!r} is "
+                                                 f"registered twice: by {first} and by {provider}")
+                found[spec.name] = Component(kind, spec, provider)
+        return dict(sorted(found.items()))
+
+    def _mark_broken(self, provider: Provider, error: str) -> None:
+        log.warning("plugin %s is broken and was skipped: %s", provider, error)
+        self.broken.append(BrokenPlugin(provider, error))
+
+    def get(self, kind: str, name: str, where: str) -> Component:
+        """The component the YAML names at ``where``, or a ConfigError that helps fix it."""
+        available = self.components(kind)
+        try:
+            key = normalise_name(name)
+        except ValueError:
+            key = name
+        if key in available:
+            return available[key]
+        label = KIND_LABELS[kind]
+        hint = suggest(key, available)
+        known = ", ".join(available) or "none"
+        message = f"is not a known {label}{hint} (known {label}s: {known})"
+        if self.broken:
+            message += "; plugins that failed to load: " + "; ".join(map(str, self.broken))
+        raise ConfigError(f"{where}.type", message, value=name)
+
+    def health_checks(self, pipeline: Any) -> list[tuple[HealthCheckSpec, Provider]]:
+        """Every plugin's readiness checks for the built ``pipeline``."""
+        checks: list[tuple[HealthCheckSpec, Provider]] = []
+        for impl in self.pm.hook.sqs_processor_health_checks.get_hookimpls():
+            provider = self.provider_of(impl.plugin_name)
+            result = call_impl(impl.function, impl.argnames, {"pipeline": pipeline})
+            for spec in _as_list(result):
+                if not isinstance(spec, HealthCheckSpec):
+                    raise ConfigError("plugins", f"{provider}: sqs_processor_health_checks "
+                                                 f"returned {type(spec).__name__}, expected "
+                                                 "HealthCheckSpec")
+                checks.append((spec, provider))
+        return checks
+
+    # -- observers ---------------------------------------------------------------------------
+
+    def observers(self, hook_name: str) -> list[tuple[Any, tuple[str, ...], str]]:
+        """(function, argument names, plugin name) for every implementation of a lifecycle hook."""
+        hook = getattr(self.pm.hook, hook_name)
+        return [(impl.function, tuple(impl.argnames), impl.plugin_name)
+                for impl in hook.get_hookimpls()]
+
+
+def _as_list(result: Any) -> list[Any]:
+    if result is None:
+        return []
+    if isinstance(result, Iterable) and not isinstance(result, str | bytes | Mapping):
+        return list(result)
+    return [result]
+
+
+def call_impl(function: Any, argnames: Iterable[str], kwargs: Mapping[str, Any]) -> Any:
+    """Call a hook implementation with the subset of ``kwargs`` it asks for, as pluggy does."""
+    return function(*[kwargs[name] for name in argnames])
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+def _load_file(path: Path) -> ModuleType:
+    digest = hashlib.sha1(str(path.parent).encode(), usedforsecurity=False).hexdigest()[:8]
+    module_name = f"sqs_processor_dropin_{digest}.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses and pickling look the module up here
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module
+
+
+def _load_reference(ref: str) -> object:
+    module_name, _, attr = ref.partition(":")
+    obj: object = importlib.import_module(module_name)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+def build_plugin_manager(
+    settings: PluginSettings | None = None,
+    *,
+    extra_plugins: Iterable[tuple[str, object]] = (),
+) -> PluginManager:
+    """Create a fresh plugin manager with the built-ins, entry points and YAML-named plugins.
+
+    ``extra_plugins`` are (name, plugin) pairs registered last, for tests and embedding.
+    Raises ConfigError when a plugin the YAML names cannot be loaded or is not valid.
+    """
+    pm = pluggy.PluginManager(hookspecs.hookspec.project_name)
+    pm.add_hookspecs(hookspecs)
+    manager = PluginManager(pm)
+
+    for module_name in BUILTIN_PLUGINS:
+        manager.register(importlib.import_module(module_name), f"builtin:{module_name}",
+                         Provider("built-in", module_name))
+
+    if settings is None or settings.load_entrypoints:
+        for ep in sorted(entry_points(group=ENTRYPOINT_GROUP), key=lambda e: e.name):
+            dist = getattr(ep, "dist", None)
+            origin = f"{ep.name!r} ({ep.value})"
+            if dist is not None:
+                origin += f" from {dist.metadata['Name']} {dist.version}"
+            provider = Provider("entry point", origin)
+            try:
+                plugin = ep.load()
+            except Exception as exc:
+                manager._mark_broken(provider, _one_line(exc))
+                continue
+            manager.register(plugin, f"entrypoint:{ep.name}", provider)
+
+    if settings is not None:
+        for i, folder in enumerate(settings.plugin_paths):
+            for path in sorted(folder.glob("*.py")):
+                if path.name.startswith(("_", ".")):
+                    continue
+                provider = Provider("file", str(path))
+                try:
+                    module = _load_file(path.resolve())
+                except Exception as exc:
+                    raise ConfigError(f"plugin_paths[{i}]",
+                                      f"plugin file {str(path)!r} failed to import: "
+                                      f"{_one_line(exc, path.resolve())}") from None
+                manager.register(module, f"file:{path}", provider)
+        for i, ref in enumerate(settings.plugins):
+            provider = Provider("module", ref)
+            try:
+                plugin = _load_reference(ref)
+            except Exception as exc:
+                raise ConfigError(f"plugins[{i}]",
+                                  f"{ref!r} failed to import: {_one_line(exc)}") from None
+            manager.register(plugin, f"module:{ref}", provider)
+
+    for name, plugin in extra_plugins:
+        manager.register(plugin, name, Provider("module", name))
+
+    manager.check_pending()
+    return manager

@@ -1,0 +1,75 @@
+"""The two data types that flow through a pipeline: the message envelope and the record.
+
+A :class:`Message` is what the source received. The runner owns it: the acker needs its
+``receipt_handle`` to delete it, so it is immutable and transforms never replace it.
+
+A :class:`Record` is what transforms work on and the sink writes: the message it came from and
+the ``document`` (a plain dict) that becomes the stored JSON object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message as received from the source, in SQS's own terms.
+
+    ``attributes`` are the system attributes (``SentTimestamp``, ``ApproximateReceiveCount``,
+    ...) as strings. ``message_attributes`` keep SQS's shape: ``{"name": {"DataType": "String",
+    "StringValue": "..."}}``, with ``BinaryValue`` as base64 text. ``received_at`` is the
+    consumer's UTC clock when the receive call returned.
+    """
+
+    message_id: str
+    receipt_handle: str
+    body: str
+    received_at: datetime
+    attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    message_attributes: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _EMPTY)
+
+    @property
+    def sent_at(self) -> datetime | None:
+        """When the producer sent the message (SQS ``SentTimestamp``), or None if unknown."""
+        raw = self.attributes.get("SentTimestamp")
+        if raw is None:
+            return None
+        try:
+            return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
+        except (TypeError, ValueError, OverflowError, OSError):
+            return None
+
+    @property
+    def receive_count(self) -> int:
+        """How many times SQS has delivered this message (1 on first delivery)."""
+        try:
+            return int(self.attributes.get("ApproximateReceiveCount", 1))
+        except (TypeError, ValueError):
+            return 1
+
+
+@dataclass(slots=True)
+class Record:
+    """A message on its way through the transforms to the sink.
+
+    ``document`` is the JSON object that will be stored; transforms add, change or remove its
+    keys. ``metadata`` carries values between plugins that are not stored (for example a
+    routing hint a custom sink reads). ``message`` is the envelope, read-only.
+    """
+
+    message: Message
+    document: dict[str, Any]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_message(cls, message: Message) -> Record:
+        """The record every pipeline starts from: the message id and the body, verbatim."""
+        document = {"message_id": message.message_id, "body": message.body}
+        return cls(message=message, document=document)

@@ -1,0 +1,188 @@
+"""Typed option declarations for components, and their validation.
+
+Every source, transform, sink and acker declares the options it accepts as a tuple of
+:class:`Option`. The YAML block for the component is checked against them before anything is
+built: unknown keys (with a "did you mean" suggestion), missing required values, wrong types and
+out-of-range numbers are all :class:`~sqs_processor.errors.ConfigError`.
+
+Values interpolated from the environment arrive as text, so numbers and booleans written as
+strings are accepted and converted (``"10"`` for an integer option, ``"true"`` for a boolean).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqs_processor.errors import ConfigError
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+"""Sentinel default for an option the user must set."""
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+               list: "a list", dict: "a mapping"}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option of a component: its name, type, default, allowed range and meaning.
+
+    ``type`` is one of ``str``, ``int``, ``float``, ``bool``, ``list`` or ``dict``. ``default``
+    is :data:`REQUIRED` for a mandatory option; a default of ``None`` makes the option optional
+    and unset. ``minimum``/``maximum`` bound numbers (inclusive); ``choices`` lists the allowed
+    values.
+    """
+
+    name: str
+    type: type
+    default: Any = REQUIRED
+    description: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def expected(self) -> str:
+        """How the accepted values read in an error message."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        text = _TYPE_NAMES.get(self.type, self.type.__name__)
+        if self.minimum is not None and self.maximum is not None:
+            return f"{text} from {_num(self.minimum)} to {_num(self.maximum)}"
+        if self.minimum is not None:
+            return f"{text} of at least {_num(self.minimum)}"
+        if self.maximum is not None:
+            return f"{text} of at most {_num(self.maximum)}"
+        return text
+
+    def convert(self, value: Any, key: str) -> Any:
+        """Return ``value`` converted to this option's type, or raise ConfigError for ``key``."""
+        if value is None:
+            if self.default is None:
+                return None
+            raise ConfigError(key, "is required" if self.required else "may not be empty",
+                              expected=self.expected())
+        converted = self._coerce(value, key)
+        if self.choices is not None and converted not in self.choices:
+            raise ConfigError(key, "is not allowed", value=value, expected=self.expected())
+        if isinstance(converted, int | float) and not isinstance(converted, bool):
+            too_low = self.minimum is not None and converted < self.minimum
+            too_high = self.maximum is not None and converted > self.maximum
+            if too_low or too_high:
+                raise ConfigError(key, "is out of range", value=value, expected=self.expected())
+        return converted
+
+    def _coerce(self, value: Any, key: str) -> Any:
+        wrong = ConfigError(key, "has the wrong type", value=value, expected=self.expected())
+        if self.type is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+                return value.strip().lower() in _TRUE
+            raise wrong
+        if self.type is int:
+            if isinstance(value, bool):
+                raise wrong
+            if isinstance(value, int):
+                return value
+            if isinstance(value, str):
+                try:
+                    return int(value.strip(), 10)
+                except ValueError:
+                    raise wrong from None
+            raise wrong
+        if self.type is float:
+            if isinstance(value, bool):
+                raise wrong
+            if isinstance(value, int | float):
+                result = float(value)
+            elif isinstance(value, str):
+                try:
+                    result = float(value.strip())
+                except ValueError:
+                    raise wrong from None
+            else:
+                raise wrong
+            if result != result or result in (float("inf"), float("-inf")):
+                raise wrong
+            return result
+        if self.type is list:
+            if isinstance(value, list):
+                return list(value)
+            raise wrong
+        if self.type is dict:
+            if isinstance(value, Mapping):
+                return dict(value)
+            raise wrong
+        if self.type is str:
+            if isinstance(value, str):
+                return value
+            raise wrong
+        raise TypeError(f"option {self.name}: unsupported type {self.type!r}")
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def check_field_name(name: Any, key: str) -> str:
+    """Check a document field name given in the YAML; return it or raise ConfigError."""
+    if not isinstance(name, str) or not name or len(name) > 256:
+        raise ConfigError(key, "is not a field name", value=name,
+                          expected="a non-empty string of at most 256 characters")
+    return name
+
+
+def suggest(name: str, candidates: Iterable[str]) -> str:
+    """A "did you mean" hint for a misspelled name, or an empty string."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def validate_options(
+    options: Iterable[Option],
+    raw: Mapping[str, Any] | None,
+    where: str,
+    *,
+    reserved: Iterable[str] = (),
+) -> dict[str, Any]:
+    """Check a component's YAML block against its declared options.
+
+    ``where`` is the dotted path of the block (``sink``, ``transforms[1]``), used in errors.
+    ``reserved`` are keys the engine itself reads (``type``), which are skipped here. Returns
+    every declared option with defaults filled in.
+    """
+    declared = {option.name: option for option in options}
+    raw = raw or {}
+    skip = set(reserved)
+    for name in raw:
+        if name in skip or name in declared:
+            continue
+        known = sorted(declared)
+        hint = suggest(str(name), known)
+        if not hint:
+            hint = "; known options: " + ", ".join(known) if known else "; it takes no options"
+        raise ConfigError(f"{where}.{name}", f"is not an option of this component{hint}")
+    result: dict[str, Any] = {}
+    for name, option in declared.items():
+        key = f"{where}.{name}"
+        if name in raw:
+            result[name] = option.convert(raw[name], key)
+        elif option.required:
+            raise ConfigError(key, "is required", expected=option.expected())
+        else:
+            result[name] = option.default
+    return result

@@ -1,0 +1,187 @@
+"""Turning a validated config and a plugin manager into built components: the Pipeline.
+
+Building resolves every ``type:`` to a registered component, checks each block against the
+options that component declares, and calls the factories. Factories do no network I/O, so
+``sqs-processor validate`` builds the whole pipeline offline and any problem is a ConfigError
+that names the YAML key.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import boto3
+
+from sqs_processor.aws import AwsClients
+from sqs_processor.config import ComponentConfig, PipelineConfig
+from sqs_processor.errors import ConfigError
+from sqs_processor.manager import Component, PluginManager, Provider, _one_line
+from sqs_processor.message import Record
+from sqs_processor.options import validate_options
+from sqs_processor.records import BuildContext, HealthCheckSpec
+
+STAT_NAMES = (
+    "received",  # messages returned by the source
+    "written",  # records the sink stored (a new object)
+    "existing",  # records the sink found already stored (a redelivery)
+    "dropped",  # records a transform dropped on purpose (acked, not written)
+    "failed",  # messages that failed and were left for redelivery
+    "processed",  # messages finished and acknowledged
+    "ack_failed",  # acknowledgements that failed for good (the message is redelivered)
+    "released",  # messages handed back on shutdown
+)
+
+
+class Stats:
+    """Counters and the time of the last poll, shared by the runner's threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts = dict.fromkeys(STAT_NAMES, 0)
+        self.last_poll: datetime | None = None
+
+    def add(self, name: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += amount
+
+    def polled(self) -> None:
+        self.last_poll = datetime.now(UTC)
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+
+Step = Callable[[Record], "Record | None"]
+
+
+@dataclass
+class Pipeline:
+    """The built components of one pipeline, in YAML order, and the plugins behind them."""
+
+    config: PipelineConfig
+    plugins: PluginManager
+    aws: AwsClients
+    source: Any
+    transforms: list[tuple[str, Step]]
+    sink: Any
+    acker: Any
+    used: dict[str, Component]
+    health_checks: list[tuple[HealthCheckSpec, Provider]] = field(default_factory=list)
+    stats: Stats = field(default_factory=Stats)
+
+    def describe_line(self) -> str:
+        steps = " -> ".join(name for name, _ in self.transforms)
+        middle = f" -> {steps}" if steps else ""
+        return (f"{self.config.source.type}{middle} -> {self.config.sink.type} "
+                f"-> {self.config.ack.type}")
+
+    def describe(self) -> str:
+        """A human-readable account of the resolved pipeline, for ``validate``."""
+        lines = [f"config: {self.config.path}", f"pipeline: {self.describe_line()}"]
+        for where, component in self.used.items():
+            lines.append(f"  {where}: {component.name} ({component.provider})")
+        service = self.config.service
+        lines.append(
+            f"service: health on {service['health_host']}:{service['health_port']}, "
+            f"{service['pollers']} poller(s), {service['workers']} worker(s), "
+            f"at most {service['max_in_flight']} messages in flight, "
+            f"{service['shutdown_grace_seconds']:g}s shutdown grace"
+        )
+        endpoint = self.config.aws["endpoint_url"] or "boto3 default chain"
+        lines.append(f"aws: region {self.aws.region}, endpoint {endpoint}")
+        for spec, provider in self.health_checks:
+            lines.append(f"  readiness check: {spec.name} ({provider})")
+        return "\n".join(lines)
+
+
+def _resolve_region(config: PipelineConfig) -> str:
+    region = config.aws["region"] or boto3.session.Session().region_name
+    if not region:
+        raise ConfigError("aws.region", "is not set and boto3 found no region either",
+                          expected="aws.region in the YAML, or AWS_REGION in the environment")
+    return region
+
+
+def _build(
+    component: Component,
+    block: ComponentConfig,
+    config: PipelineConfig,
+    aws: AwsClients,
+    required_method: str,
+) -> Any:
+    try:
+        options = validate_options(component.spec.options, block.options, block.where,
+                                   reserved=("type",))
+        context = BuildContext(config=config, aws=aws, where=block.where,
+                               base_dir=config.base_dir)
+        built = component.spec.factory(options, context)
+    except ConfigError as exc:
+        raise config.explain(exc) from None
+    except Exception as exc:
+        raise ConfigError(block.where, f"{component.kind} {component.name!r} from "
+                                       f"{component.provider} could not be built: "
+                                       f"{_one_line(exc)}") from None
+    if not callable(getattr(built, required_method, None)):
+        raise ConfigError(block.where, f"{component.kind} {component.name!r} from "
+                                       f"{component.provider} built a {type(built).__name__}, "
+                                       f"which has no {required_method}() method")
+    return built
+
+
+def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
+    """Resolve and build every component the config names. Raises ConfigError."""
+    service = config.service
+    aws = AwsClients(
+        region=_resolve_region(config),
+        endpoint_url=config.aws["endpoint_url"],
+        max_pool_connections=service["workers"] + service["pollers"] + 2,
+        connect_timeout=config.aws["connect_timeout"],
+        read_timeout=config.aws["read_timeout"],
+        max_attempts=config.aws["max_attempts"],
+    )
+    used: dict[str, Component] = {}
+
+    def build(kind: str, block: ComponentConfig, method: str) -> Any:
+        component = plugins.get(kind, block.type, block.where)
+        used[block.where] = component
+        return _build(component, block, config, aws, method)
+
+    source = build("source", config.source, "receive")
+    transforms = [(block.type, build("transform", block, "__call__"))
+                  for block in config.transforms]
+    sink = build("sink", config.sink, "write")
+    acker = build("ack", config.ack, "ack")
+
+    batch = int(getattr(source, "max_batch", 10))
+    if service["max_in_flight"] < batch:
+        raise config.explain(ConfigError(
+            "service.max_in_flight", "is smaller than one receive", value=service["max_in_flight"],
+            expected=f"at least the source's batch size ({batch})"))
+
+    pipeline = Pipeline(config=config, plugins=plugins, aws=aws, source=source,
+                        transforms=transforms, sink=sink, acker=acker, used=used)
+    pipeline.health_checks = plugins.health_checks(pipeline)
+    return pipeline
+
+
+def close_pipeline(pipeline: Pipeline) -> None:
+    """Close every component once, then the AWS clients; errors are collected, not raised."""
+    errors: list[str] = []
+    parts = [("source", pipeline.source), *pipeline.transforms, ("sink", pipeline.sink),
+             ("ack", pipeline.acker)]
+    for name, part in parts:
+        close = getattr(part, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as exc:
+                errors.append(f"{name}: {_one_line(exc)}")
+    pipeline.aws.close()
+    if errors:
+        logging.getLogger(__name__).warning("errors while closing: %s", "; ".join(errors))

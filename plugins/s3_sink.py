@@ -1,0 +1,176 @@
+"""The ``s3`` sink: one JSON object per message at ``<prefix>YYYY/MM/DD/HH/<message-id>.json``.
+
+The hour is the UTC hour of the message's ``SentTimestamp`` by default, not this consumer's
+clock, so a redelivered message maps to the same key however late it comes back. The put is
+conditional (``If-None-Match: *``): when the object already exists S3 answers 412, which means an
+earlier delivery was stored, and counts as success. The key is built only from the configured
+prefix, the timestamp and the SQS-assigned message id, never from the body or attributes.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import orjson
+from botocore.exceptions import ClientError
+
+from sqs_processor import (
+    BuildContext,
+    CheckResult,
+    ConfigError,
+    HealthCheckSpec,
+    MessageError,
+    Option,
+    Record,
+    Sink,
+    SinkSpec,
+    WriteResult,
+    hookimpl,
+)
+from sqs_processor.aws import describe_error, error_code
+from sqs_processor.options import REQUIRED
+
+OPTIONS = (
+    Option("bucket", str, REQUIRED, "Name of the S3 bucket to write to."),
+    Option("prefix", str, "sqs-messages/",
+           "Key prefix before the date folders; empty, or ending in '/'."),
+    Option("partition_time", str, "sent",
+           "Which time picks the hour folder: 'sent' (SQS SentTimestamp) or 'received'.",
+           choices=("sent", "received")),
+    Option("content_type", str, "application/json", "Content-Type of every object."),
+    Option("conditional_write", bool, True,
+           "Put with If-None-Match: * so a redelivery never overwrites (turn off only for "
+           "S3-compatible stores that reject the header)."),
+)
+
+_BUCKET = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,253}[a-zA-Z0-9]$")
+_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_:.-]{1,128}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# A key is at most 1024 bytes; the date folders, a 128-character id and ".json" need 147.
+MAX_PREFIX_BYTES = 1024 - 147
+
+
+def check_bucket(bucket: str, key: str) -> None:
+    if bucket.startswith("s3://"):
+        raise ConfigError(key, "is a URL, not a bucket name", value=bucket,
+                          expected="the bare bucket name, without s3://")
+    if not _BUCKET.match(bucket) or ".." in bucket:
+        raise ConfigError(key, "is not a valid S3 bucket name", value=bucket,
+                          expected="3-255 letters, digits, '.', '-' or '_', starting and ending "
+                                   "with a letter or digit")
+
+
+def check_prefix(prefix: str, key: str) -> None:
+    """Reject a prefix that would make keys S3 rejects or that people misread."""
+    if not prefix:
+        return
+    problems = (
+        (prefix.startswith("/"), "starts with '/'",),
+        (not prefix.endswith("/"), "does not end with '/'"),
+        ("//" in prefix, "has an empty folder ('//')"),
+        (any(part in (".", "..") for part in prefix.split("/")), "has a '.' or '..' folder"),
+        (_CONTROL.search(prefix) is not None, "contains control characters"),
+    )
+    for failed, problem in problems:
+        if failed:
+            raise ConfigError(key, problem, value=prefix,
+                              expected="an empty prefix or folders ending in '/', "
+                                       "e.g. 'sqs-messages/'")
+    try:
+        size = len(prefix.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConfigError(key, "is not valid Unicode text", value=prefix,
+                          expected="UTF-8 text") from None
+    if size > MAX_PREFIX_BYTES:
+        raise ConfigError(key, f"is {size} bytes long", value=prefix,
+                          expected=f"at most {MAX_PREFIX_BYTES} bytes")
+
+
+class S3Sink(Sink):
+    """Writes each record as its own object; thread-safe."""
+
+    def __init__(self, client: Any, options: Mapping[str, Any]) -> None:
+        self.client = client
+        self.bucket: str = options["bucket"]
+        self.prefix: str = options["prefix"]
+        self.use_sent_time = options["partition_time"] == "sent"
+        self.content_type: str = options["content_type"]
+        self._condition = {"IfNoneMatch": "*"} if options["conditional_write"] else {}
+        self._state_lock = threading.Lock()
+        self._last_error: str | None = None
+
+    def key_for(self, record: Record) -> str:
+        message = record.message
+        message_id = message.message_id
+        if not _MESSAGE_ID.match(message_id) or message_id in (".", ".."):
+            raise MessageError(f"message id {message_id!r} cannot be used in an S3 key")
+        when: datetime = (message.sent_at if self.use_sent_time else None) or message.received_at
+        return f"{self.prefix}{when:%Y/%m/%d/%H}/{message_id}.json"
+
+    def write(self, record: Record) -> WriteResult:
+        key = self.key_for(record)
+        location = f"s3://{self.bucket}/{key}"
+        try:
+            body = orjson.dumps(record.document)
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise MessageError(f"document cannot be encoded as JSON: {exc}") from None
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                   ContentType=self.content_type, **self._condition)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 412 or error_code(exc) == "PreconditionFailed":
+                self._ok()
+                return WriteResult(location=location, created=False)
+            if error_code(exc) != "ConditionalRequestConflict":  # a concurrent write, not an outage
+                self._failed(exc)
+            raise
+        except Exception as exc:
+            self._failed(exc)
+            raise
+        self._ok()
+        return WriteResult(location=location, created=True)
+
+    def _ok(self) -> None:
+        if self._last_error is not None:
+            with self._state_lock:
+                self._last_error = None
+
+    def _failed(self, exc: BaseException) -> None:
+        with self._state_lock:
+            self._last_error = describe_error(exc)
+
+    def check(self) -> CheckResult:
+        with self._state_lock:
+            error = self._last_error
+        if error:
+            return CheckResult(False, f"last write to bucket {self.bucket} failed: {error}")
+        return CheckResult(True, f"no failed write to bucket {self.bucket} since the last success")
+
+
+def build(options: Mapping[str, Any], context: BuildContext) -> S3Sink:
+    check_bucket(options["bucket"], f"{context.where}.bucket")
+    check_prefix(options["prefix"], f"{context.where}.prefix")
+    return S3Sink(context.aws.client("s3"), options)
+
+
+@hookimpl
+def sqs_processor_sinks():
+    return SinkSpec(
+        name="s3",
+        factory=build,
+        description="One JSON object per message at <prefix>YYYY/MM/DD/HH/<message-id>.json.",
+        options=OPTIONS,
+    )
+
+
+@hookimpl
+def sqs_processor_health_checks(pipeline):
+    if isinstance(pipeline.sink, S3Sink):
+        return HealthCheckSpec(name="s3_write", check=pipeline.sink.check,
+                               description="The last write to the bucket did not fail.")
+    return None
