@@ -148,7 +148,7 @@ def check_field_name(name: Any, key: str) -> str:
 
 def suggest(name: str, candidates: Iterable[str]) -> str:
     """A "did you mean" hint for a misspelled name, or an empty string."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f"; did you mean {close[0]!r}?" if close else ""
 
 

@@ -199,6 +199,9 @@ class Runner:
                           extra={"event": "receive_failed", "error": error_code(exc)})
                 self._sleep(index, delay)
                 continue
+            except BaseException:
+                self._finish(reserve)  # the thread dies; liveness reports it
+                raise
             backoff = 0.0
             self.pipeline.stats.polled()
             count = len(messages)
