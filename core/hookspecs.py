@@ -11,7 +11,8 @@ Hooks come in two groups.
   exception in an observer is logged with the plugin's name and does not affect messages.
 
 Implement a hook by writing a function with the hook's name, marked ``@hookimpl``, taking any
-subset of the listed arguments by name. Give the arguments no default values: pluggy does not pass
+subset of the listed arguments by name. Hook wrappers (``wrapper=True``) are rejected: the engine
+calls each implementation on its own, so that one plugin's exception never hides another's. Give the arguments no default values: pluggy does not pass
 defaults, and the function would silently keep its own.
 
 Each example below is complete: save it as a ``.py`` file in a directory listed under
@@ -233,7 +234,7 @@ def sqs_processor_startup(pipeline: Pipeline) -> None:
 def sqs_processor_batch_received(pipeline: Pipeline, messages: Sequence[Message]) -> None:
     """Called after every receive that returned at least one message.
 
-    ``messages`` are the envelopes just received, before any transform ran; read them, do not
+    ``pipeline`` is the running pipeline; ``messages`` are the envelopes just received, before any transform ran; read them, do not
     keep receipt handles. Called from a poller thread, so make it thread-safe and quick. Every
     implementation is called; return values are ignored; exceptions are logged.
 
@@ -254,7 +255,7 @@ def sqs_processor_batch_received(pipeline: Pipeline, messages: Sequence[Message]
 def sqs_processor_message_written(pipeline: Pipeline, record: Record, result: WriteResult) -> None:
     """Called after the sink accepted a record, before its message is deleted.
 
-    ``record`` is what was written, ``result`` where (``result.location``) and whether this write
+    ``pipeline`` is the running pipeline, ``record`` what was written, ``result`` where (``result.location``) and whether this write
     created it (``result.created`` is False for a redelivery already stored). Called from a
     worker thread. Every implementation is called; return values are ignored; exceptions are
     logged and do not affect the message.
@@ -277,8 +278,9 @@ def sqs_processor_message_failed(
 ) -> None:
     """Called when a message failed and is left in the queue for redelivery.
 
-    ``stage`` names where it failed: ``transform:<name>``, ``sink:<name>`` or ``encode``;
-    ``error`` is the exception. Called from a worker thread. Every implementation is called;
+    ``pipeline`` is the running pipeline, ``message`` the envelope of the failed message,
+    ``stage`` names where it failed (``transform:<name>`` or ``sink:<name>``) and ``error`` is
+    the exception. Called from a worker thread. Every implementation is called;
     return values are ignored; exceptions are logged.
 
     Example::
@@ -298,7 +300,8 @@ def sqs_processor_message_failed(
 def sqs_processor_batch_acked(pipeline: Pipeline, messages: Sequence[Message]) -> None:
     """Called after the acker acknowledged (deleted) a batch of messages.
 
-    ``messages`` are the ones acknowledged successfully; failures are not included. Called from
+    ``pipeline`` is the running pipeline; ``messages`` are the ones acknowledged successfully
+    (failures are not included). Called from
     the ack thread. Every implementation is called; return values are ignored; exceptions are
     logged.
 
@@ -319,6 +322,7 @@ def sqs_processor_shutdown(pipeline: Pipeline) -> None:
     """Called once when the pipeline has stopped: polling ended, in-flight work finished or
     released, deletes flushed, components closed.
 
+    ``pipeline`` is the stopped pipeline; ``pipeline.stats.snapshot()`` has the final counts.
     Called from the main thread. Every implementation is called; return values are ignored;
     exceptions are logged.
 

@@ -96,6 +96,10 @@ class Component:
         return self.spec.name
 
 
+def _flatten(text: str) -> str:
+    return " ".join(text.split())
+
+
 def _one_line(exc: BaseException, path: Path | None = None) -> str:
     """``ExcType: message``, plus the line in ``path`` where it happened when known."""
     text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
@@ -128,14 +132,27 @@ class PluginManager:
         if self.pm.is_registered(plugin):
             log.debug("plugin %s is already registered; skipping %s", name, provider)
             return
+        if self.pm.get_plugin(name) is not None:
+            raise ConfigError("plugins", f"{provider} cannot be registered: the name {name!r} "
+                                         "is already taken")
         try:
             self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:
-            raise ConfigError("plugins", f"{provider} is not a valid plugin: {exc}") from None
-        except ValueError as exc:  # a name registered twice
-            raise ConfigError("plugins", f"{provider} cannot be registered: {exc}") from None
+            raise ConfigError("plugins", f"{provider} is not a valid plugin: "
+                                         f"{_flatten(str(exc))}") from None
+        wrappers = [impl.function.__name__ for impl in self._impls_of(plugin)
+                    if impl.wrapper or impl.hookwrapper]
+        if wrappers:
+            self.pm.unregister(plugin)
+            raise ConfigError("plugins", f"{provider} marks {', '.join(wrappers)} as a hook "
+                                         "wrapper; sqs_processor hooks take plain "
+                                         "implementations only")
         self._providers[name] = provider
         self._components = None
+
+    def _impls_of(self, plugin: object) -> list[Any]:
+        return [impl for caller in self.pm.get_hookcallers(plugin) or ()
+                for impl in caller.get_hookimpls() if impl.plugin is plugin]
 
     def provider_of(self, plugin_name: str) -> Provider:
         return self._providers.get(plugin_name, Provider("plugin", plugin_name))
@@ -147,8 +164,8 @@ class PluginManager:
         except pluggy.PluginValidationError as exc:
             provider = self.provider_of(self.pm.get_name(exc.plugin) or "")
             raise ConfigError("plugins", f"{provider} implements a hook that does not exist: "
-                                         f"{exc}; hooks are listed in sqs_processor.hookspecs"
-                              ) from None
+                                         f"{_flatten(str(exc))}; hooks are listed in "
+                                         "sqs_processor.hookspecs") from None
 
     # -- components --------------------------------------------------------------------------
 
@@ -210,7 +227,11 @@ class PluginManager:
         checks: list[tuple[HealthCheckSpec, Provider]] = []
         for impl in self.pm.hook.sqs_processor_health_checks.get_hookimpls():
             provider = self.provider_of(impl.plugin_name)
-            result = call_impl(impl.function, impl.argnames, {"pipeline": pipeline})
+            try:
+                result = call_impl(impl.function, impl.argnames, {"pipeline": pipeline})
+            except Exception as exc:
+                self._mark_broken(provider, f"sqs_processor_health_checks raised {_one_line(exc)}")
+                continue
             for spec in _as_list(result):
                 if not isinstance(spec, HealthCheckSpec):
                     raise ConfigError("plugins", f"{provider}: sqs_processor_health_checks "
