@@ -2,8 +2,12 @@
 
 Credentials, and endpoints unless the YAML sets one, come from boto3's own chain: IRSA on EKS,
 ``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_SQS`` / ``AWS_ENDPOINT_URL_S3`` for emulators, the usual
-``AWS_*`` variables and profiles elsewhere. Clients are created up front in the main thread
-(creating botocore clients is not thread-safe; using them is).
+``AWS_*`` variables and profiles elsewhere.
+
+Factories receive clients that are not created yet: creating a botocore client resolves
+credentials, which can query the instance metadata service, and ``validate`` must stay offline.
+The runner creates them all in the main thread before any worker starts (:meth:`connect`);
+creating clients is not thread-safe, using them is.
 """
 
 from __future__ import annotations
@@ -47,7 +51,13 @@ class AwsClients:
         self._lock = threading.Lock()
 
     def client(self, service: str) -> Any:
-        """The shared client for ``service`` ("sqs", "s3", ...), created on first use."""
+        """The shared client for ``service`` ("sqs", "s3", ...), created when first used."""
+        with self._lock:
+            if service not in self._clients:
+                self._clients[service] = None
+        return _LazyClient(self, service)
+
+    def _real(self, service: str) -> Any:
         with self._lock:
             client = self._clients.get(service)
             if client is None:
@@ -58,6 +68,11 @@ class AwsClients:
                 self._clients[service] = client
             return client
 
+    def connect(self) -> None:
+        """Create every client handed out so far (resolving credentials), from this thread."""
+        for service in list(self._clients):
+            self._real(service)
+
     def close(self) -> None:
         with self._lock:
             for client in self._clients.values():
@@ -65,6 +80,27 @@ class AwsClients:
                 if close is not None:
                     close()
             self._clients.clear()
+
+
+class _LazyClient:
+    """Stands in for a boto3 client until first used; then every attribute is the real one's."""
+
+    __slots__ = ("_client", "_owner", "_service")
+
+    def __init__(self, owner: AwsClients, service: str) -> None:
+        self._owner = owner
+        self._service = service
+        self._client: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        client = self._client
+        if client is None:
+            client = self._client = self._owner._real(self._service)
+        return getattr(client, name)
+
+    def __repr__(self) -> str:
+        state = "created" if self._client is not None else "not created yet"
+        return f"<{self._service} client, {state}>"
 
 
 def error_code(exc: BaseException) -> str:

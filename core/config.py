@@ -61,8 +61,20 @@ TOP_LEVEL_KEYS = (
     "source", "transforms", "sink", "ack",
 )
 
-_VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}")
+# "$${" is a literal "${"; "${...}" a reference; "${" with no closing brace is an error.
+_VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{[^}]*$")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REFERENCE_FORMS = "${NAME}, ${NAME:-default} or ${NAME-default}"
+
+
+def _split_reference(expression: str) -> tuple[str, str, str]:
+    """``NAME:-default`` -> (NAME, ":-", default); ``NAME-default`` -> (NAME, "-", default)."""
+    match = re.match(r"^([^:-]*)(:-|-)?(.*)$", expression, flags=re.S)
+    assert match is not None
+    name, sep, default = match.group(1), match.group(2) or "", match.group(3)
+    if not sep and default:  # e.g. "A:B": not a reference form; report the whole thing
+        return expression, "", ""
+    return name, sep, default
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,16 +136,22 @@ class _StrictLoader(yaml.SafeLoader):
 
 
 def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    loader.flatten_mapping(node)
-    seen: dict[Any, yaml.Node] = {}
+    # Only keys written in this mapping count; keys merged in with "<<:" may be overridden.
+    seen: set[Any] = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
         key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            mark = key_node.start_mark
-            raise ConfigError(
-                "", f"line {mark.line + 1}: key {key!r} appears twice in the same mapping"
-            )
-        seen[key] = key_node
+        line = key_node.start_mark.line + 1
+        try:
+            duplicate = key in seen
+        except TypeError:
+            raise ConfigError("", f"line {line}: a mapping key must be a plain value, "
+                                  f"not {type(key).__name__}") from None
+        if duplicate:
+            raise ConfigError("", f"line {line}: key {key!r} appears twice in the same mapping")
+        seen.add(key)
+    loader.flatten_mapping(node)
     return loader.construct_mapping(node, deep=deep)
 
 
@@ -183,14 +201,19 @@ def interpolate(node: Any, where: str, environ: Mapping[str, str], env_sources: 
             if match.group(0) == "$${":
                 return "${"
             expression = match.group(1)
-            name, sep, default = expression.partition(":-")
+            if expression is None:
+                raise ConfigError(where, "has a variable reference without its closing '}'",
+                                  value=match.group(0), expected=_REFERENCE_FORMS)
+            name, sep, default = _split_reference(expression)
             if not _VAR_NAME.match(name):
                 raise ConfigError(where, f"has an invalid variable reference ${{{expression}}}",
-                                  expected="${NAME} or ${NAME:-default}")
+                                  expected=_REFERENCE_FORMS)
             used.append(name)
             value = environ.get(name)
-            if sep:
+            if sep == ":-":  # unset or empty: the default
                 return value if value else default
+            if sep == "-":  # unset: the default; set, even to "": the value
+                return default if value is None else value
             if value is None:
                 raise ConfigError(where, f"needs environment variable {name}, which is not set")
             return value
@@ -319,7 +342,7 @@ def load_config(
 
     try:
         for section in ("service", "aws"):
-            if not isinstance(document.get(section) or {}, dict):
+            if document.get(section) is not None and not isinstance(document[section], dict):
                 raise ConfigError(section, "must be a mapping", value=document[section])
         service = validate_options(SERVICE_OPTIONS, document.get("service"), "service")
         aws = validate_options(AWS_OPTIONS, document.get("aws"), "aws")

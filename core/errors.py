@@ -11,6 +11,16 @@ Two families matter:
 
 from __future__ import annotations
 
+import re
+
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def escape(text: str) -> str:
+    """``text`` with control characters (line breaks included) written as escapes."""
+    return CONTROL_CHARACTERS.sub(
+        lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
+
 _MISSING = object()
 
 
@@ -56,7 +66,8 @@ class ConfigError(Exception):
         if self.env:
             names = ", ".join(f"${name}" for name in self.env)
             parts.append(f" (from {names})")
-        return "".join(parts)
+        # Keys and problems can quote user text; control characters must not break the line.
+        return escape("".join(parts))
 
 
 class MessageError(Exception):

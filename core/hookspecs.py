@@ -12,8 +12,9 @@ Hooks come in two groups.
 
 Implement a hook by writing a function with the hook's name, marked ``@hookimpl``, taking any
 subset of the listed arguments by name. Hook wrappers (``wrapper=True``) are rejected: the engine
-calls each implementation on its own, so that one plugin's exception never hides another's. Give the arguments no default values: pluggy does not pass
-defaults, and the function would silently keep its own.
+calls each implementation on its own, so that one plugin's exception never hides another's. Give
+the arguments no default values: pluggy does not pass defaults, and the function would silently
+keep its own.
 
 Each example below is complete: save it as a ``.py`` file in a directory listed under
 ``plugin_paths`` in the pipeline YAML and it is loaded.
@@ -234,9 +235,10 @@ def sqs_processor_startup(pipeline: Pipeline) -> None:
 def sqs_processor_batch_received(pipeline: Pipeline, messages: Sequence[Message]) -> None:
     """Called after every receive that returned at least one message.
 
-    ``pipeline`` is the running pipeline; ``messages`` are the envelopes just received, before any transform ran; read them, do not
-    keep receipt handles. Called from a poller thread, so make it thread-safe and quick. Every
-    implementation is called; return values are ignored; exceptions are logged.
+    ``pipeline`` is the running pipeline; ``messages`` are the envelopes just received, before any
+    transform ran; read them, do not keep receipt handles. Called from a poller thread, so make
+    it thread-safe and quick. Every implementation is called; return values are ignored;
+    exceptions are logged.
 
     Example::
 
@@ -255,10 +257,10 @@ def sqs_processor_batch_received(pipeline: Pipeline, messages: Sequence[Message]
 def sqs_processor_message_written(pipeline: Pipeline, record: Record, result: WriteResult) -> None:
     """Called after the sink accepted a record, before its message is deleted.
 
-    ``pipeline`` is the running pipeline, ``record`` what was written, ``result`` where (``result.location``) and whether this write
-    created it (``result.created`` is False for a redelivery already stored). Called from a
-    worker thread. Every implementation is called; return values are ignored; exceptions are
-    logged and do not affect the message.
+    ``pipeline`` is the running pipeline, ``record`` what was written, ``result`` where
+    (``result.location``) and whether this write created it (``result.created`` is False for a
+    redelivery already stored). Called from a worker thread. Every implementation is called;
+    return values are ignored; exceptions are logged and do not affect the message.
 
     Example::
 

@@ -10,23 +10,18 @@ cannot forge another record. The engine never logs message bodies or receipt han
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
 
+from sqs_processor.errors import escape
+
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
 LEVELS = ("debug", "info", "warning", "error")
-
-
-def escape(text: str) -> str:
-    """Make ``text`` safe for one line of a terminal log: control characters become escapes."""
-    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:

@@ -17,6 +17,9 @@ from typing import Any
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
+IDENTITY_FIELDS = ("message_id", "body")
+"""Document fields every stored object keeps as received; no option may replace them."""
+
 
 @dataclass(frozen=True, slots=True)
 class Message:

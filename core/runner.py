@@ -111,6 +111,7 @@ class Runner:
         pipeline = self.pipeline
         self.state = "starting"
         try:
+            pipeline.aws.connect()
             for part in (pipeline.source, pipeline.sink, pipeline.acker):
                 start = getattr(part, "start", None)
                 if callable(start):

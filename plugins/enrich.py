@@ -22,9 +22,9 @@ from sqs_processor import (
     TransformSpec,
     hookimpl,
 )
+from sqs_processor.message import IDENTITY_FIELDS
 from sqs_processor.options import check_field_name
 
-IDENTITY_FIELDS = ("message_id", "body")
 ADDED_FIELDS = ("attributes", "message_attributes", "received_at", "receipt_handle")
 
 OPTIONS = (

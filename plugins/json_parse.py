@@ -12,7 +12,16 @@ from typing import Any
 
 import orjson
 
-from sqs_processor import BuildContext, Option, Record, Transform, TransformSpec, hookimpl
+from sqs_processor import (
+    BuildContext,
+    ConfigError,
+    Option,
+    Record,
+    Transform,
+    TransformSpec,
+    hookimpl,
+)
+from sqs_processor.message import IDENTITY_FIELDS
 from sqs_processor.options import check_field_name
 
 OPTIONS = (
@@ -34,7 +43,10 @@ class JsonParse(Transform):
 
 
 def build(options: Mapping[str, Any], context: BuildContext) -> JsonParse:
-    check_field_name(options["target"], f"{context.where}.target")
+    target = check_field_name(options["target"], f"{context.where}.target")
+    if target in IDENTITY_FIELDS:
+        raise ConfigError(f"{context.where}.target", "would replace a field every document keeps "
+                          "verbatim", value=target, expected="another field name")
     return JsonParse(options["target"])
 
 

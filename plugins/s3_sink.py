@@ -32,6 +32,7 @@ from sqs_processor import (
     hookimpl,
 )
 from sqs_processor.aws import describe_error, error_code
+from sqs_processor.errors import CONTROL_CHARACTERS
 from sqs_processor.options import REQUIRED
 
 OPTIONS = (
@@ -49,7 +50,6 @@ OPTIONS = (
 
 _BUCKET = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,253}[a-zA-Z0-9]$")
 _MESSAGE_ID = re.compile(r"^[A-Za-z0-9_:.-]{1,128}$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # A key is at most 1024 bytes; the date folders, a 128-character id and ".json" need 147.
 MAX_PREFIX_BYTES = 1024 - 147
 
@@ -73,7 +73,7 @@ def check_prefix(prefix: str, key: str) -> None:
         (not prefix.endswith("/"), "does not end with '/'"),
         ("//" in prefix, "has an empty folder ('//')"),
         (any(part in (".", "..") for part in prefix.split("/")), "has a '.' or '..' folder"),
-        (_CONTROL.search(prefix) is not None, "contains control characters"),
+        (CONTROL_CHARACTERS.search(prefix) is not None, "contains control characters"),
     )
     for failed, problem in problems:
         if failed:
