@@ -71,3 +71,17 @@ def test_messages_are_archived_in_the_spec_layout_and_format_then_deleted(
     assert head["ContentType"] == "application/json"
     raw = s3.get_object(Bucket=bucket, Key=by_id[unicode_id][0])["Body"].read()
     assert orjson.loads(raw.decode("utf-8"))["body"] == unicode_body
+
+
+def test_service_specific_endpoint_variables_take_precedence(
+    sqs, s3, queue_url, bucket, run_pipeline, monkeypatch, emulator
+):
+    # The generic endpoint points nowhere; only the per-service variables lead to the emulator.
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", emulator)
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", emulator)
+    message_id = _send(sqs, queue_url, "via per-service endpoints")
+    with run_pipeline(pipeline_config(queue_url, bucket)) as running:
+        wait_for(lambda: running.stats["processed"] == 1, message="the message processed")
+    assert [doc["message_id"] for doc in stored_objects(s3, bucket).values()] == [message_id]
+    assert queue_counts(sqs, queue_url) == (0, 0)
