@@ -75,7 +75,6 @@ class Runner:
         self._stop = threading.Event()
         self._abandon = threading.Event()
         self._started = threading.Event()
-        self._done = threading.Event()
         self._cond = threading.Condition()
         self._in_flight = 0
         self._unwritten: dict[int, Message] = {}  # id(message) -> message not yet written
@@ -92,12 +91,8 @@ class Runner:
     def stop(self) -> None:
         """Ask the runner to shut down gracefully. Safe from any thread or a signal handler."""
         self._stop.set()
-        # Wake pollers waiting for capacity; done without blocking if a thread holds the lock.
-        if self._cond.acquire(blocking=False):
-            try:
-                self._cond.notify_all()
-            finally:
-                self._cond.release()
+        # Pollers waiting for capacity notice within their wait interval; a signal handler must
+        # not block on the lock here.
 
     @property
     def stopping(self) -> bool:
@@ -110,17 +105,20 @@ class Runner:
         """Start everything, block until stopped, shut down gracefully. Returns the exit code."""
         pipeline = self.pipeline
         self.state = "starting"
-        try:
-            pipeline.aws.connect()
-            for part in (pipeline.source, pipeline.sink, pipeline.acker):
-                start = getattr(part, "start", None)
+        steps = [("aws clients", pipeline.aws.connect)] + [
+            (where, getattr(part, "start", None))
+            for where, part in (("source", pipeline.source), ("sink", pipeline.sink),
+                                ("ack", pipeline.acker))]
+        for where, start in steps:
+            try:
                 if callable(start):
                     start()
-        except Exception:
-            close_pipeline(pipeline)
-            self.state = "stopped"
-            self._done.set()
-            raise
+            except Exception as exc:
+                log.error("could not start the %s: %s", where, describe_error(exc),
+                          extra={"event": "start_failed", "component": where})
+                close_pipeline(pipeline)
+                self.state = "stopped"
+                return 1
         self._observe("sqs_processor_startup", pipeline=pipeline)
         self._acker_thread = threading.Thread(target=self._ack_loop, name="acker", daemon=True)
         self._acker_thread.start()
@@ -147,7 +145,6 @@ class Runner:
             self._shutdown()
         finally:
             self.state = "stopped"
-            self._done.set()
         return 0
 
     # -- health ------------------------------------------------------------------------------
@@ -184,7 +181,8 @@ class Runner:
         while not self._stop.is_set():
             self._poll_deadlines[index] = None  # waiting for capacity is not a stall
             with self._cond:
-                self._cond.wait_for(room_or_stop)
+                while not room_or_stop():
+                    self._cond.wait(0.5)
                 if self._stop.is_set():
                     break
                 self._in_flight += reserve

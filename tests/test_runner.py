@@ -283,3 +283,17 @@ def test_liveness_reports_a_dead_poller(tmp_path: Path):
     runner.stop()
     thread.join(10)
     assert not thread.is_alive()
+
+
+def test_a_component_that_fails_to_start_stops_the_run_with_exit_code_1(tmp_path: Path, caplog):
+    runner, _ = make_runner(tmp_path, ["ok-1"])
+
+    def refuse():
+        raise PermissionError("no access to the archive")
+
+    runner.pipeline.sink.start = refuse
+    assert runner.run() == 1
+    assert runner.state == "stopped"
+    assert runner.pipeline.stats.snapshot()["received"] == 0
+    assert any("could not start the sink: PermissionError: no access to the archive"
+               in r.getMessage() for r in caplog.records)
