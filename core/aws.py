@@ -102,23 +102,3 @@ class _LazyClient:
         state = "created" if self._client is not None else "not created yet"
         return f"<{self._service} client, {state}>"
 
-
-def error_code(exc: BaseException) -> str:
-    """The AWS error code of a botocore ClientError, or the exception's class name."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict):
-        code = response.get("Error", {}).get("Code")
-        if code:
-            return str(code)
-    return type(exc).__name__
-
-
-def describe_error(exc: BaseException) -> str:
-    """``Code: message`` for an AWS error, ``Type: message`` for anything else, on one line."""
-    response = getattr(exc, "response", None)
-    if isinstance(response, dict) and response.get("Error"):
-        message = response["Error"].get("Message") or ""
-        text = f"{error_code(exc)}: {message}".rstrip(": ")
-    else:
-        text = f"{type(exc).__name__}: {exc}"
-    return " ".join(text.split())

@@ -12,6 +12,8 @@ Two families matter:
 from __future__ import annotations
 
 import re
+import traceback
+from pathlib import Path
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 
@@ -72,3 +74,35 @@ class ConfigError(Exception):
 
 class MessageError(Exception):
     """A failure that belongs to one message; that message is left for SQS to redeliver."""
+
+
+def error_code(exc: BaseException) -> str:
+    """The AWS error code of a botocore ClientError, or the exception's class name."""
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        code = response.get("Error", {}).get("Code")
+        if code:
+            return str(code)
+    return type(exc).__name__
+
+
+def describe_error(exc: BaseException, path: Path | None = None) -> str:
+    """One line for an exception: ``Code: message`` for AWS errors, ``Type: message`` otherwise.
+
+    With ``path``, the line number of the innermost frame in that file is added, so an error in
+    a plugin file points at its line.
+    """
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict) and response.get("Error"):
+        message = response["Error"].get("Message") or ""
+        text = f"{error_code(exc)}: {message}".rstrip(": ")
+    elif isinstance(exc, SyntaxError) and exc.lineno:
+        text = f"{type(exc).__name__}: {exc.msg} (line {exc.lineno})"
+    else:
+        text = f"{type(exc).__name__}: {exc}"
+        if path is not None:
+            lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
+                     if Path(f.filename) == path]
+            if lines:
+                text += f" (line {lines[-1]})"
+    return " ".join(text.split())

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from sqs_processor.aws import describe_error
+from sqs_processor.errors import describe_error
 from sqs_processor.records import CheckResult
 
 log = logging.getLogger(__name__)

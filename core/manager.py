@@ -21,7 +21,6 @@ import importlib
 import importlib.util
 import logging
 import sys
-import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -33,7 +32,7 @@ import pluggy
 
 from sqs_processor import hookspecs
 from sqs_processor.config import PluginSettings
-from sqs_processor.errors import ConfigError
+from sqs_processor.errors import ConfigError, describe_error
 from sqs_processor.options import suggest
 from sqs_processor.records import (
     AckerSpec,
@@ -98,19 +97,6 @@ class Component:
 
 def _flatten(text: str) -> str:
     return " ".join(text.split())
-
-
-def _one_line(exc: BaseException, path: Path | None = None) -> str:
-    """``ExcType: message``, plus the line in ``path`` where it happened when known."""
-    text = f"{type(exc).__name__}: {exc}".strip().replace("\n", " ")
-    if isinstance(exc, SyntaxError) and exc.lineno:
-        return f"{type(exc).__name__}: {exc.msg} (line {exc.lineno})"
-    if path is not None:
-        lines = [f.lineno for f in traceback.extract_tb(exc.__traceback__)
-                 if Path(f.filename) == path]
-        if lines:
-            text += f" (line {lines[-1]})"
-    return text
 
 
 class PluginManager:
@@ -187,7 +173,7 @@ class PluginManager:
             try:
                 specs = _as_list(impl.function())
             except Exception as exc:
-                self._mark_broken(provider, f"{hook.name} raised {_one_line(exc)}")
+                self._mark_broken(provider, f"{hook.name} raised {describe_error(exc)}")
                 continue
             for spec in specs:
                 if not isinstance(spec, expected):
@@ -230,7 +216,8 @@ class PluginManager:
             try:
                 result = call_impl(impl.function, impl.argnames, {"pipeline": pipeline})
             except Exception as exc:
-                self._mark_broken(provider, f"sqs_processor_health_checks raised {_one_line(exc)}")
+                self._mark_broken(provider,
+                                  f"sqs_processor_health_checks raised {describe_error(exc)}")
                 continue
             for spec in _as_list(result):
                 if not isinstance(spec, HealthCheckSpec):
@@ -319,7 +306,7 @@ def build_plugin_manager(
             try:
                 plugin = ep.load()
             except Exception as exc:
-                manager._mark_broken(provider, _one_line(exc))
+                manager._mark_broken(provider, describe_error(exc))
                 continue
             manager.register(plugin, f"entrypoint:{ep.name}", provider)
 
@@ -334,7 +321,7 @@ def build_plugin_manager(
                 except Exception as exc:
                     raise ConfigError(f"plugin_paths[{i}]",
                                       f"plugin file {str(path)!r} failed to import: "
-                                      f"{_one_line(exc, path.resolve())}") from None
+                                      f"{describe_error(exc, path.resolve())}") from None
                 manager.register(module, f"file:{path}", provider)
         for i, ref in enumerate(settings.plugins):
             provider = Provider("module", ref)
@@ -342,7 +329,7 @@ def build_plugin_manager(
                 plugin = _load_reference(ref)
             except Exception as exc:
                 raise ConfigError(f"plugins[{i}]",
-                                  f"{ref!r} failed to import: {_one_line(exc)}") from None
+                                  f"{ref!r} failed to import: {describe_error(exc)}") from None
             manager.register(plugin, f"module:{ref}", provider)
 
     for name, plugin in extra_plugins:

@@ -19,8 +19,8 @@ import boto3
 
 from sqs_processor.aws import AwsClients
 from sqs_processor.config import ComponentConfig, PipelineConfig
-from sqs_processor.errors import ConfigError
-from sqs_processor.manager import Component, PluginManager, Provider, _one_line
+from sqs_processor.errors import ConfigError, describe_error
+from sqs_processor.manager import Component, PluginManager, Provider
 from sqs_processor.message import Record
 from sqs_processor.options import validate_options
 from sqs_processor.records import BuildContext, HealthCheckSpec
@@ -126,7 +126,7 @@ def _build(
     except Exception as exc:
         raise ConfigError(block.where, f"{component.kind} {component.name!r} from "
                                        f"{component.provider} could not be built: "
-                                       f"{_one_line(exc)}") from None
+                                       f"{describe_error(exc)}") from None
     if not callable(getattr(built, required_method, None)):
         raise ConfigError(block.where, f"{component.kind} {component.name!r} from "
                                        f"{component.provider} built a {type(built).__name__}, "
@@ -181,7 +181,7 @@ def close_pipeline(pipeline: Pipeline) -> None:
             try:
                 close()
             except Exception as exc:
-                errors.append(f"{name}: {_one_line(exc)}")
+                errors.append(f"{name}: {describe_error(exc)}")
     pipeline.aws.close()
     if errors:
         logging.getLogger(__name__).warning("errors while closing: %s", "; ".join(errors))

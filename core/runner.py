@@ -28,8 +28,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from sqs_processor.aws import describe_error, error_code
 from sqs_processor.components import AckFailure
+from sqs_processor.errors import describe_error, error_code
 from sqs_processor.manager import call_impl
 from sqs_processor.message import Message, Record
 from sqs_processor.pipeline import Pipeline, close_pipeline

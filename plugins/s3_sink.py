@@ -31,8 +31,7 @@ from sqs_processor import (
     WriteResult,
     hookimpl,
 )
-from sqs_processor.aws import describe_error, error_code
-from sqs_processor.errors import CONTROL_CHARACTERS
+from sqs_processor.errors import CONTROL_CHARACTERS, describe_error, error_code
 from sqs_processor.options import REQUIRED
 
 OPTIONS = (

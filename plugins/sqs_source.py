@@ -28,7 +28,7 @@ from sqs_processor import (
     SourceSpec,
     hookimpl,
 )
-from sqs_processor.aws import describe_error
+from sqs_processor.errors import describe_error
 from sqs_processor.options import REQUIRED
 
 log = logging.getLogger(__name__)
