@@ -11,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pluggy
 
+from sqs_processor.checks import LastCallCheck
 from sqs_processor.components import Acker, AckFailure, Sink, Source, Transform, WriteResult
 from sqs_processor.errors import ConfigError, MessageError
 from sqs_processor.message import Message, Record
@@ -44,6 +45,7 @@ __all__ = [
     "CheckResult",
     "ConfigError",
     "HealthCheckSpec",
+    "LastCallCheck",
     "Message",
     "MessageError",
     "Option",

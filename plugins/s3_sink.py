@@ -10,7 +10,6 @@ prefix, the timestamp and the SQS-assigned message id, never from the body or at
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -20,7 +19,6 @@ from botocore.exceptions import ClientError
 
 from sqs_processor import (
     BuildContext,
-    CheckResult,
     ConfigError,
     HealthCheckSpec,
     MessageError,
@@ -31,7 +29,8 @@ from sqs_processor import (
     WriteResult,
     hookimpl,
 )
-from sqs_processor.errors import CONTROL_CHARACTERS, describe_error, error_code
+from sqs_processor.checks import LastCallCheck
+from sqs_processor.errors import CONTROL_CHARACTERS, error_code
 from sqs_processor.options import REQUIRED
 
 OPTIONS = (
@@ -99,8 +98,7 @@ class S3Sink(Sink):
         self.use_sent_time = options["partition_time"] == "sent"
         self.content_type: str = options["content_type"]
         self._condition = {"IfNoneMatch": "*"} if options["conditional_write"] else {}
-        self._state_lock = threading.Lock()
-        self._last_error: str | None = None
+        self.check = LastCallCheck(f"write to bucket {self.bucket}")
 
     def key_for(self, record: Record) -> str:
         message = record.message
@@ -123,32 +121,16 @@ class S3Sink(Sink):
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 412 or error_code(exc) == "PreconditionFailed":
-                self._ok()
+                self.check.succeeded()
                 return WriteResult(location=location, created=False)
             if error_code(exc) != "ConditionalRequestConflict":  # a concurrent write, not an outage
-                self._failed(exc)
+                self.check.failed(exc)
             raise
         except Exception as exc:
-            self._failed(exc)
+            self.check.failed(exc)
             raise
-        self._ok()
+        self.check.succeeded()
         return WriteResult(location=location, created=True)
-
-    def _ok(self) -> None:
-        if self._last_error is not None:
-            with self._state_lock:
-                self._last_error = None
-
-    def _failed(self, exc: BaseException) -> None:
-        with self._state_lock:
-            self._last_error = describe_error(exc)
-
-    def check(self) -> CheckResult:
-        with self._state_lock:
-            error = self._last_error
-        if error:
-            return CheckResult(False, f"last write to bucket {self.bucket} failed: {error}")
-        return CheckResult(True, f"no failed write to bucket {self.bucket} since the last success")
 
 
 def build(options: Mapping[str, Any], context: BuildContext) -> S3Sink:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import threading
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from types import MappingProxyType
@@ -19,7 +18,6 @@ from urllib.parse import urlparse
 
 from sqs_processor import (
     BuildContext,
-    CheckResult,
     ConfigError,
     HealthCheckSpec,
     Message,
@@ -28,6 +26,7 @@ from sqs_processor import (
     SourceSpec,
     hookimpl,
 )
+from sqs_processor.checks import LastCallCheck
 from sqs_processor.errors import describe_error
 from sqs_processor.options import REQUIRED
 
@@ -103,21 +102,16 @@ class SqsSource(Source):
         }
         if self.visibility_timeout is not None:
             self._request["VisibilityTimeout"] = self.visibility_timeout
-        self._state_lock = threading.Lock()
-        self._last_error: str | None = None
-        self._last_ok: datetime | None = None
+        self.check = LastCallCheck(f"receive from {self.queue_name}")
 
     def receive(self) -> list[Message]:
         try:
             response = self.client.receive_message(**self._request)
         except Exception as exc:
-            with self._state_lock:
-                self._last_error = describe_error(exc)
+            self.check.failed(exc)
             raise
+        self.check.succeeded()
         now = datetime.now(UTC)
-        with self._state_lock:
-            self._last_error = None
-            self._last_ok = now
         return [message_from_sqs(raw, now) for raw in response.get("Messages", ())]
 
     def idle_delay(self, received: int) -> float:
@@ -142,15 +136,6 @@ class SqsSource(Source):
                 log.warning("could not release message %s: %s; it returns when its visibility "
                             "timeout expires", message.message_id, failure.get("Code"),
                             extra={"message_id": message.message_id})
-
-    def check(self) -> CheckResult:
-        with self._state_lock:
-            error, last_ok = self._last_error, self._last_ok
-        if error:
-            return CheckResult(False, f"receive from {self.queue_name} failed: {error}")
-        if last_ok is None:
-            return CheckResult(True, f"no receive from {self.queue_name} has completed yet")
-        return CheckResult(True, f"last receive from {self.queue_name} at {last_ok.isoformat()}")
 
 
 def build(options: Mapping[str, Any], context: BuildContext) -> SqsSource:
