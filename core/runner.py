@@ -226,7 +226,7 @@ class Runner:
         with self._cond:
             for message in messages:
                 self._unwritten[id(message)] = message
-        log.info("received %d messages from %s", len(messages), self.source_label,
+        log.info("received %s from %s", _count(len(messages)), self.source_label,
                  extra={"event": "received", "count": len(messages)})
         self._observe("sqs_processor_batch_received", pipeline=self.pipeline, messages=messages)
         for message in messages:
@@ -374,7 +374,7 @@ class Runner:
     def _acked(self, messages: list[Message]) -> None:
         self.pipeline.stats.add("processed", len(messages))
         ids = [m.message_id for m in messages]
-        log.info("deleted %d messages with %s: %s", len(messages), self.ack_label, " ".join(ids),
+        log.info("deleted %s with %s: %s", _count(len(messages)), self.ack_label, " ".join(ids),
                  extra={"event": "acked", "count": len(messages)})
         self._observe("sqs_processor_batch_acked", pipeline=self.pipeline, messages=messages)
         self._finish(len(messages))
@@ -394,7 +394,7 @@ class Runner:
         if not messages:
             return
         self.pipeline.stats.add("released", len(messages))
-        log.info("releasing %d messages (%s) for immediate redelivery", len(messages), why,
+        log.info("releasing %s (%s) for immediate redelivery", _count(len(messages)), why,
                  extra={"event": "released", "count": len(messages)})
         try:
             self.source.release(messages)
@@ -442,3 +442,7 @@ class Runner:
             except Exception as exc:
                 log.warning("%s of plugin %s raised %s", hook, plugin_name, describe_error(exc),
                             extra={"event": "observer_failed", "plugin": plugin_name})
+
+
+def _count(n: int) -> str:
+    return f"{n} message" if n == 1 else f"{n} messages"
