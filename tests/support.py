@@ -138,3 +138,12 @@ def cli_env(aws_env: dict[str, str], **extra: str) -> dict[str, str]:
 
 
 CLI = [sys.executable, "-m", "sqs_processor.cli"]
+
+
+def dropin_folder(directory: Path, **files: str) -> Path:
+    """A plugin folder under ``directory`` holding ``name.py`` for each ``name=code``."""
+    folder = directory / "plugins"
+    folder.mkdir(exist_ok=True)
+    for name, code in files.items():
+        (folder / f"{name}.py").write_text(code, encoding="utf-8")
+    return folder

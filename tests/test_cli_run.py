@@ -19,6 +19,7 @@ import pytest
 from support import (
     CLI,
     cli_env,
+    dropin_folder,
     pipeline_config,
     queue_counts,
     stored_objects,
@@ -154,9 +155,7 @@ def test_run_without_config_uses_the_spec_variables_and_aws_endpoint_url(
 def test_sigterm_lets_in_flight_messages_finish_and_exits_zero(
     aws_env, sqs, s3, queue_url, bucket, processes, tmp_path: Path
 ):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "slow.py").write_text(SLOW_TRANSFORM)
+    plugins = dropin_folder(tmp_path, slow=SLOW_TRANSFORM)
     config = pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
                              transforms=["json_parse", {"type": "slow", "seconds": 1.5}, "enrich"])
     path = write_config(tmp_path, config)
@@ -177,9 +176,7 @@ def test_sigterm_lets_in_flight_messages_finish_and_exits_zero(
 def test_work_unfinished_at_the_shutdown_deadline_is_released_for_redelivery(
     aws_env, sqs, s3, queue_url, bucket, processes, tmp_path: Path
 ):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "slow.py").write_text(SLOW_TRANSFORM)
+    plugins = dropin_folder(tmp_path, slow=SLOW_TRANSFORM)
     config = pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
                              transforms=[{"type": "slow", "seconds": 30}],
                              service={"shutdown_grace_seconds": 1})
@@ -257,15 +254,13 @@ def test_json_logs_carry_structure_and_never_a_body_or_receipt_handle(
 def test_text_logs_escape_line_breaks_from_error_messages(
     aws_env, sqs, queue_url, bucket, processes, tmp_path: Path
 ):
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "forge.py").write_text(
+    plugins = dropin_folder(tmp_path, forge=(
         "from sqs_processor import TransformSpec, hookimpl\n"
         "def forge(record):\n"
         "    raise ValueError('bad\\r\\n2026-01-01T00:00:00.000Z INFO    runner: forged line')\n"
         "@hookimpl\n"
         "def sqs_processor_transforms():\n"
-        "    return TransformSpec(name='forge', factory=lambda options, context: forge)\n")
+        "    return TransformSpec(name='forge', factory=lambda options, context: forge)\n"))
     path = write_config(tmp_path, pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
                                                   transforms=["forge"]))
     sqs.send_message(QueueUrl=queue_url, MessageBody="x")
