@@ -24,6 +24,7 @@ from sqs_processor.logs import LEVELS, configure
 from sqs_processor.manager import KIND_LABELS, build_plugin_manager
 from sqs_processor.pipeline import Pipeline, build_pipeline
 from sqs_processor.runner import Runner
+from sqs_processor.telemetry import Telemetry, TelemetrySettings, resolve_settings
 
 log = logging.getLogger("sqs_processor.cli")
 
@@ -71,9 +72,18 @@ def _load(args: argparse.Namespace) -> Pipeline:
     return build_pipeline(config, build_plugin_manager(config.plugin_settings))
 
 
+def _telemetry_settings(pipeline: Pipeline) -> TelemetrySettings:
+    try:
+        return resolve_settings(pipeline.config.telemetry)
+    except ConfigError as exc:
+        raise pipeline.config.explain(exc) from None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     pipeline = _load(args)
+    settings = _telemetry_settings(pipeline)
     print(pipeline.describe())
+    print(f"telemetry: {settings.describe()}")
     print("config is valid")
     return 0
 
@@ -96,7 +106,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     pipeline = _load(args)
-    runner = Runner(pipeline)
+    telemetry = Telemetry(_telemetry_settings(pipeline))
+    try:
+        return _run(pipeline, telemetry)
+    finally:
+        telemetry.shutdown()
+
+
+def _run(pipeline: Pipeline, telemetry: Telemetry) -> int:
+    runner = Runner(pipeline, telemetry)
     service = pipeline.config.service
     try:
         health = HealthServer(runner, service["health_host"], service["health_port"])
@@ -106,9 +124,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     _install_signal_handlers(runner)
     health.start()
-    log.info("health server listening on %s:%d (/health, /healthz, /readyz)",
+    log.info("health server listening on %s:%d (/health, /healthz, /readyz, /metrics)",
              service["health_host"], health.port, extra={"event": "health_listening",
                                                          "port": health.port})
+    log.info("telemetry: %s", telemetry.settings.describe(), extra={"event": "telemetry"})
     try:
         return runner.run()
     finally:

@@ -24,6 +24,7 @@ import yaml
 from sqs_processor.errors import ConfigError
 from sqs_processor.options import Option, suggest, validate_options
 from sqs_processor.records import normalise_name
+from sqs_processor.telemetry import TELEMETRY_OPTIONS
 
 DEFAULT_CONFIG_NAME = "default.yaml"
 
@@ -58,7 +59,7 @@ AWS_OPTIONS = (
 
 TOP_LEVEL_KEYS = (
     "service", "aws", "plugin_paths", "plugins", "load_entrypoints",
-    "source", "transforms", "sink", "ack",
+    "source", "transforms", "sink", "ack", "telemetry",
 )
 
 # "$${" is a literal "${"; "${...}" a reference; "${" with no closing brace is an error.
@@ -115,6 +116,7 @@ class PipelineConfig:
     ack: ComponentConfig
     plugin_settings: PluginSettings
     env_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    telemetry: Mapping[str, Any] = field(default_factory=dict)
 
     def explain(self, error: ConfigError) -> ConfigError:
         """Add the environment variables behind ``error.key`` to the error, if any."""
@@ -341,10 +343,11 @@ def load_config(
     document = interpolate(raw, "", environ, env_sources)
 
     try:
-        for section in ("service", "aws"):
+        for section in ("service", "aws", "telemetry"):
             if document.get(section) is not None and not isinstance(document[section], dict):
                 raise ConfigError(section, "must be a mapping", value=document[section])
         service = validate_options(SERVICE_OPTIONS, document.get("service"), "service")
+        telemetry = validate_options(TELEMETRY_OPTIONS, document.get("telemetry"), "telemetry")
         aws = validate_options(AWS_OPTIONS, document.get("aws"), "aws")
         _check_endpoint(aws["endpoint_url"], "aws.endpoint_url")
         if aws["region"] is not None and not re.match(r"^[a-z]{2}(-[a-z]+)+-\d+$", aws["region"]):
@@ -378,4 +381,5 @@ def load_config(
         ack=ack,
         plugin_settings=plugin_settings,
         env_sources=env_sources,
+        telemetry=telemetry,
     )
