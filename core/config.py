@@ -42,6 +42,23 @@ SERVICE_OPTIONS = (
     Option("shutdown_grace_seconds", float, 25.0,
            "After SIGTERM, how long in-flight work may take before the rest is released.",
            minimum=0, maximum=3600),
+    Option("heartbeat", bool, True,
+           "Extend the visibility of in-flight messages before it expires (12-hour cap)."),
+    Option("system_backoff_max_seconds", float, 60.0,
+           "Longest pause of polling after a system failure (S3 or SQS down, AccessDenied); "
+           "the pause starts at 1 s and doubles.", minimum=1, maximum=3600),
+)
+
+ERRORS_OPTIONS = (
+    Option("after_receives", int, 0,
+           "Hand a message that failed on its own account (a transform raised, the document "
+           "cannot be encoded) to the error sink once its receive count reaches this; 0: never, "
+           "leave it to the queue's redrive policy.", minimum=0, maximum=1000),
+    Option("sink", str, "none",
+           "The error sink: none, or a sink name; the main sink's type reuses its options "
+           "(bucket) with the errors prefix."),
+    Option("prefix", str, "errors/", "Key prefix of error objects (sinks with a prefix)."),
+    Option("options", dict, None, "Options for the error sink, over the inherited ones."),
 )
 
 AWS_OPTIONS = (
@@ -59,7 +76,7 @@ AWS_OPTIONS = (
 
 TOP_LEVEL_KEYS = (
     "service", "aws", "plugin_paths", "plugins", "load_entrypoints",
-    "source", "transforms", "sink", "ack", "telemetry",
+    "source", "transforms", "sink", "ack", "errors", "telemetry",
 )
 
 # "$${" is a literal "${"; "${...}" a reference; "${" with no closing brace is an error.
@@ -117,6 +134,9 @@ class PipelineConfig:
     plugin_settings: PluginSettings
     env_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     telemetry: Mapping[str, Any] = field(default_factory=dict)
+    errors: Mapping[str, Any] = field(
+        default_factory=lambda: {"after_receives": 0, "sink": "none", "prefix": "errors/",
+                                 "options": None})
 
     def explain(self, error: ConfigError) -> ConfigError:
         """Add the environment variables behind ``error.key`` to the error, if any."""
@@ -343,11 +363,17 @@ def load_config(
     document = interpolate(raw, "", environ, env_sources)
 
     try:
-        for section in ("service", "aws", "telemetry"):
+        for section in ("service", "aws", "telemetry", "errors"):
             if document.get(section) is not None and not isinstance(document[section], dict):
                 raise ConfigError(section, "must be a mapping", value=document[section])
         service = validate_options(SERVICE_OPTIONS, document.get("service"), "service")
         telemetry = validate_options(TELEMETRY_OPTIONS, document.get("telemetry"), "telemetry")
+        errors = validate_options(ERRORS_OPTIONS, document.get("errors"), "errors")
+        try:
+            errors["sink"] = normalise_name(errors["sink"])
+        except ValueError as exc:
+            raise ConfigError("errors.sink", str(exc), value=errors["sink"],
+                              expected="none, or the name of a sink") from None
         aws = validate_options(AWS_OPTIONS, document.get("aws"), "aws")
         _check_endpoint(aws["endpoint_url"], "aws.endpoint_url")
         if aws["region"] is not None and not re.match(r"^[a-z]{2}(-[a-z]+)+-\d+$", aws["region"]):
@@ -382,4 +408,5 @@ def load_config(
         plugin_settings=plugin_settings,
         env_sources=env_sources,
         telemetry=telemetry,
+        errors=errors,
     )

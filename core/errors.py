@@ -76,6 +76,60 @@ class MessageError(Exception):
     """A failure that belongs to one message; that message is left for SQS to redeliver."""
 
 
+class SystemFailure(Exception):
+    """A failure that belongs to the system (storage or a service unreachable or refusing us).
+
+    Raise it from a component to say so explicitly; the runner then pauses polling instead of
+    failing the message. AWS errors are classified without it (:func:`is_system_failure`).
+    """
+
+
+# AWS error codes that say the service, our identity or our configuration is at fault, not the
+# message: retrying the same message elsewhere cannot help, waiting may.
+SYSTEM_ERROR_CODES = frozenset({
+    "AccessDenied", "AccessDeniedException", "AllAccessDisabled", "AccountProblem",
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
+    "InvalidToken", "InvalidClientTokenId", "UnrecognizedClientException", "TokenRefreshRequired",
+    "NoSuchBucket", "PermanentRedirect", "InvalidBucketState", "InvalidObjectState",
+    "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "KMS.DisabledException",
+    "KMS.KMSInvalidStateException", "KMS.AccessDeniedException", "KMS.NotFoundException",
+    "KMSKeyNotAccessible", "SlowDown", "ServiceUnavailable", "InternalError", "InternalFailure",
+    "RequestTimeout", "RequestTimeoutException", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "RequestThrottled", "TooManyRequestsException",
+    "ProvisionedThroughputExceededException", "ServiceUnavailableException",
+})
+
+
+def is_system_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the system, not the message, is at fault.
+
+    True for :class:`SystemFailure`, connection and timeout errors below the HTTP layer, missing
+    credentials, AWS errors with a code in :data:`SYSTEM_ERROR_CODES` and any HTTP 5xx or 403.
+    False for :class:`MessageError` and everything else (a bug in a transform, a document that
+    cannot be encoded).
+    """
+    if isinstance(exc, MessageError):
+        return False
+    if isinstance(exc, SystemFailure):
+        return True
+    try:
+        from botocore import exceptions as boto
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return False
+    if isinstance(exc, boto.HTTPClientError | boto.ConnectionError | boto.NoCredentialsError |
+                  boto.PartialCredentialsError | boto.CredentialRetrievalError |
+                  boto.NoRegionError):
+        return True
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        if error_code(exc) in SYSTEM_ERROR_CODES:
+            return True
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if isinstance(status, int) and (status >= 500 or status == 403):
+            return True
+    return False
+
+
 def error_code(exc: BaseException) -> str:
     """The AWS error code of a botocore ClientError, or the exception's class name."""
     response = getattr(exc, "response", None)

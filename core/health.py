@@ -71,7 +71,11 @@ class HealthState:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         state = self.runner.state
-        checks = self.checks()
+        checks = list(self.checks())
+        paused = getattr(self.runner, "pause_reason", lambda: None)()
+        if paused:
+            checks.append({"name": "system", "ok": False, "plugin": "runner",
+                           "detail": f"polling paused after a system failure: {paused}"})
         ok = state == "running" and all(c["ok"] for c in checks)
         return ok, {"status": "ready" if ok else "not ready", "state": state, "checks": checks}
 

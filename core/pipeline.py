@@ -74,6 +74,7 @@ class Pipeline:
     used: dict[str, Component]
     health_checks: list[tuple[HealthCheckSpec, Provider]] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
+    error_sink: Any = None
 
     def describe_line(self) -> str:
         steps = " -> ".join(name for name, _ in self.transforms)
@@ -134,13 +135,28 @@ def _build(
     return built
 
 
+def _error_sink_block(config: PipelineConfig, component: Component) -> ComponentConfig:
+    """The error sink's options: the main sink's when it is the same type, the errors prefix
+    where the sink takes one, then ``errors.options`` over them."""
+    errors = config.errors
+    options: dict[str, Any] = {}
+    if component.name == config.sink.type:
+        options.update(config.sink.options)
+    if any(option.name == "prefix" for option in component.spec.options):
+        options["prefix"] = errors["prefix"]
+    options.update(errors["options"] or {})
+    options.pop("type", None)
+    return ComponentConfig(type=component.name, options=options, where="errors.sink")
+
+
 def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
     """Resolve and build every component the config names. Raises ConfigError."""
     service = config.service
     aws = AwsClients(
         region=_resolve_region(config),
         endpoint_url=config.aws["endpoint_url"],
-        max_pool_connections=service["workers"] + service["pollers"] + 2,
+        # Every thread that can call AWS at once: workers, pollers, the acker, the heartbeat.
+        max_pool_connections=service["workers"] + service["pollers"] + 3,
         connect_timeout=config.aws["connect_timeout"],
         read_timeout=config.aws["read_timeout"],
         max_attempts=config.aws["max_attempts"],
@@ -157,6 +173,17 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
                   for block in config.transforms]
     sink = build("sink", config.sink, "write")
     acker = build("ack", config.ack, "ack")
+    error_sink = None
+    errors = config.errors
+    if errors["sink"] != "none":
+        block = _error_sink_block(config, plugins.get("sink", errors["sink"], "errors.sink"))
+        if block.type == config.sink.type and block.options.get("prefix") == \
+                config.sink.options.get("prefix", block.options.get("prefix")):
+            raise config.explain(ConfigError(
+                "errors.prefix", "is the main sink's prefix, so error objects would take the "
+                "keys of archived messages", value=block.options.get("prefix"),
+                expected="a different prefix, e.g. errors/"))
+        error_sink = build("sink", block, "write")
 
     batch = int(getattr(source, "max_batch", 10))
     if service["max_in_flight"] < batch:
@@ -165,7 +192,8 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
             expected=f"at least the source's batch size ({batch})"))
 
     pipeline = Pipeline(config=config, plugins=plugins, aws=aws, source=source,
-                        transforms=transforms, sink=sink, acker=acker, used=used)
+                        transforms=transforms, sink=sink, acker=acker, used=used,
+                        error_sink=error_sink)
     pipeline.health_checks = plugins.health_checks(pipeline)
     return pipeline
 
@@ -174,7 +202,7 @@ def close_pipeline(pipeline: Pipeline) -> None:
     """Close every component once, then the AWS clients; errors are collected, not raised."""
     errors: list[str] = []
     parts = [("source", pipeline.source), *pipeline.transforms, ("sink", pipeline.sink),
-             ("ack", pipeline.acker)]
+             ("ack", pipeline.acker), ("errors.sink", pipeline.error_sink)]
     for name, part in parts:
         close = getattr(part, "close", None)
         if callable(close):

@@ -27,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -36,7 +37,12 @@ from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from sqs_processor import telemetry as tel
 from sqs_processor.components import AckFailure
-from sqs_processor.errors import describe_error, error_code
+from sqs_processor.errors import (
+    SYSTEM_ERROR_CODES,
+    describe_error,
+    error_code,
+    is_system_failure,
+)
 from sqs_processor.manager import call_impl
 from sqs_processor.message import Message, Record
 from sqs_processor.pipeline import Pipeline, close_pipeline
@@ -48,6 +54,9 @@ ACK_LINGER_SECONDS = 0.05
 ACK_ATTEMPTS = 3
 BACKOFF_START_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
+MAX_VISIBILITY_SECONDS = 43200  # SQS: a message can stay hidden at most 12 hours in all
+HEARTBEAT_MARGIN = 0.5  # extend when less than this share of the visibility timeout is left
+SYSTEM_RETRIES_BEFORE_BLAME = 3  # system failures of one message while others succeed
 OBSERVER_HOOKS = (
     "sqs_processor_startup",
     "sqs_processor_batch_received",
@@ -68,6 +77,11 @@ class Job:
     outcome: str = ""
     written: bool = False
     picked_up: float = 0.0
+    received: float = 0.0  # monotonic time of the receive call that returned it
+    visible_until: float = float("inf")  # monotonic; when its visibility runs out
+    extend_failed: bool = False
+    system_retries: int = 0
+    writes_seen: int = 0  # the runner's successful-write count at its first system failure
 
 
 class Runner:
@@ -88,6 +102,12 @@ class Runner:
         self.worker_count: int = service["workers"]
         self.poller_count: int = service["pollers"]
         self.grace_seconds: float = service["shutdown_grace_seconds"]
+        self.heartbeat_enabled: bool = service.get("heartbeat", True)
+        self.system_backoff_max: float = service.get("system_backoff_max_seconds",
+                                                      BACKOFF_MAX_SECONDS)
+        errors = pipeline.config.errors
+        self.error_sink = pipeline.error_sink
+        self.error_after: int = errors["after_receives"] if self.error_sink is not None else 0
         aws = pipeline.config.aws
         attempts = aws["max_attempts"]
         # How long one receive may take before the poll loop counts as stuck (liveness).
@@ -123,6 +143,16 @@ class Runner:
         self._pollers: list[threading.Thread] = []
         self._workers: list[threading.Thread] = []
         self._acker_thread: threading.Thread | None = None
+        self._heartbeat_thread: threading.Thread | None = None
+        self._heartbeat_stop = threading.Event()
+        self._visibility: float | None = None
+        # System-failure pause: polling waits until _pause_until while _pause_reason is set.
+        self._pause_lock = threading.Lock()
+        self._pause_until = 0.0
+        self._pause_reason: str | None = None
+        self._pause_kind = ""
+        self._pause_backoff = 0.0
+        self._writes = 0  # successful writes, to tell a failing system from a failing message
         self._observers = {hook: pipeline.plugins.observers(hook) for hook in OBSERVER_HOOKS}
 
     # -- public ------------------------------------------------------------------------------
@@ -166,7 +196,7 @@ class Runner:
         steps = [("aws clients", pipeline.aws.connect)] + [
             (where, getattr(part, "start", None))
             for where, part in (("source", pipeline.source), ("sink", pipeline.sink),
-                                ("ack", pipeline.acker))]
+                                ("ack", pipeline.acker), ("error sink", pipeline.error_sink))]
         for where, start in steps:
             try:
                 if callable(start):
@@ -180,6 +210,13 @@ class Runner:
         self._observe("sqs_processor_startup", pipeline=pipeline)
         self._acker_thread = threading.Thread(target=self._ack_loop, name="acker", daemon=True)
         self._acker_thread.start()
+        reader = getattr(self.source, "visibility_timeout", None)
+        visibility = reader() if callable(reader) else None
+        if self.heartbeat_enabled and visibility:
+            self._visibility = float(visibility)
+            self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop,
+                                                      name="heartbeat", daemon=True)
+            self._heartbeat_thread.start()
         for i in range(self.worker_count):
             thread = threading.Thread(target=self._work_loop, name=f"worker-{i}", daemon=True)
             thread.start()
@@ -221,7 +258,8 @@ class Runner:
             if deadline is not None and now > deadline and not self._stop.is_set():
                 late = now - deadline
                 return False, f"poller-{i} has made no progress for {late:.0f}s past its limit"
-        dead = [t.name for t in (*self._workers, self._acker_thread) if t and not t.is_alive()]
+        dead = [t.name for t in (*self._workers, self._acker_thread, self._heartbeat_thread)
+                if t and not t.is_alive()]
         if dead and not self._stop.is_set():
             return False, f"{', '.join(dead)} died"
         return True, "stopping" if self._stop.is_set() else "polling"
@@ -239,13 +277,15 @@ class Runner:
 
         while not self._stop.is_set():
             self._poll_deadlines[index] = None  # waiting for capacity is not a stall
+            self._wait_while_paused()
             with self._cond:
                 while not room_or_stop():
                     self._cond.wait(0.5)
                 if self._stop.is_set():
                     break
                 self._in_flight += reserve
-            self._poll_deadlines[index] = time.monotonic() + self.receive_allowance
+            started = time.monotonic()
+            self._poll_deadlines[index] = started + self.receive_allowance
             span = self.tracer.start_span(f"receive {self.source_label}", kind=SpanKind.CLIENT,
                                           attributes=self._receive_attributes)
             try:
@@ -276,15 +316,19 @@ class Runner:
             if count:
                 metrics.polls.add(1, self._poll_messages)
                 self.pipeline.stats.add("received", count)
-                self._accept(messages, span)
+                self._accept(messages, span, started)
             else:
                 metrics.polls.add(1, self._poll_empty)
                 log.debug("no messages from %s", self.source_label,
                           extra={"event": "received", "count": 0})
             self._sleep(index, source.idle_delay(count))
 
-    def _accept(self, messages: list[Message], receive_span: Span) -> None:
+    def _accept(self, messages: list[Message], receive_span: Span, started: float) -> None:
         jobs = [self._job(message, receive_span) for message in messages]
+        if self._visibility is not None:
+            for job in jobs:
+                job.received = started
+                job.visible_until = started + self._visibility
         metrics = self.metrics
         metrics.received.add(len(messages), self._queue_attributes)
         redelivered = sum(1 for message in messages if message.receive_count > 1)
@@ -377,8 +421,12 @@ class Runner:
                 if span.is_recording():
                     span.set_attributes(_location_attributes(written.location, written.created))
         except Exception as exc:
-            self._failed(job, stage, exc)
+            if is_system_failure(exc) and not self._blame_message(job):
+                self._system_failure(job, stage, exc)
+            else:
+                self._failed(job, stage, exc)
             return
+        self._write_succeeded()
         stats = self.pipeline.stats
         metrics = self.metrics
         job.written = True
@@ -423,6 +471,9 @@ class Runner:
         message = job.message
         self.pipeline.stats.add("failed")
         self.metrics.failed.add(1, {"stage": stage, "error_type": error_code(error)})
+        if self.error_after and message.receive_count >= self.error_after and \
+                self._to_error_sink(job, stage, error):
+            return
         with self._cond:
             self._jobs.pop(id(message), None)
         log.warning("message %s failed at %s: %s; left in the queue for redelivery "
@@ -434,6 +485,46 @@ class Runner:
         self._observe("sqs_processor_message_failed", pipeline=self.pipeline, message=message,
                       stage=stage, error=error)
         self._finish(1)
+
+    def _to_error_sink(self, job: Job, stage: str, error: BaseException) -> bool:
+        """Write the failed message to the error sink and acknowledge it; False if that failed."""
+        message = job.message
+        document = {
+            "message_id": message.message_id,
+            "stage": stage,
+            "error": {"type": error_code(error), "message": describe_error(error)},
+            "receive_count": message.receive_count,
+            "failed_at": datetime.now(UTC).isoformat(),
+            "body": message.body,
+            "attributes": dict(message.attributes),
+            "message_attributes": dict(message.message_attributes),
+        }
+        try:
+            with self.tracer.start_as_current_span("write error sink",
+                                                  attributes={tel.STAGE: "errors.sink"}) as span:
+                written = self.error_sink.write(Record(message, document))
+                if span.is_recording():
+                    span.set_attributes(_location_attributes(written.location, written.created))
+        except Exception as exc:
+            log.error("could not write message %s to the error sink: %s; it stays in the queue",
+                      message.message_id, describe_error(exc),
+                      extra={"event": "error_sink_failed", "message_id": message.message_id,
+                             "error": error_code(exc)})
+            return False
+        self.metrics.error_sink.add(1, {"stage": stage})
+        log.warning("message %s failed at %s %d times (%s); stored at %s and deleted",
+                    message.message_id, stage, message.receive_count, describe_error(error),
+                    written.location,
+                    extra={"event": "to_error_sink", "message_id": message.message_id,
+                           "stage": stage, "error": error_code(error),
+                           "location": written.location})
+        job.outcome = "error_sink"
+        job.written = True
+        if job.span.is_recording():
+            job.span.set_attribute(tel.STAGE, stage)
+            job.span.set_attribute("error.type", error_code(error))
+        self._to_ack(job)
+        return True
 
     def _end_span(self, job: Job, outcome: str, *, error: BaseException | None = None,
                   stage: str | None = None, detail: str | None = None) -> None:
@@ -454,6 +545,143 @@ class Runner:
         with self._cond:
             self._in_flight -= count
             self._cond.notify_all()
+
+    # -- system failures ---------------------------------------------------------------------
+
+    def pause_reason(self) -> str | None:
+        """Why polling is paused (a system failure not yet recovered from), or None."""
+        return self._pause_reason
+
+    def _pause(self, kind: str, reason: str) -> float:
+        """Pause polling after a system failure; returns how long until the next attempt."""
+        now = time.monotonic()
+        with self._pause_lock:
+            if now >= self._pause_until:  # a new round: back off further
+                self._pause_backoff = min(self.system_backoff_max,
+                                          self._pause_backoff * 2 or BACKOFF_START_SECONDS)
+                self._pause_until = now + random.uniform(self._pause_backoff / 2,
+                                                         self._pause_backoff)
+            first = self._pause_reason is None
+            self._pause_reason = reason
+            self._pause_kind = kind
+            delay = self._pause_until - now
+        if first:
+            log.error("system failure, pausing polling: %s; messages stay in the queue and "
+                      "in-flight ones are retried (not failed)", reason,
+                      extra={"event": "paused", "stage": kind})
+        return delay
+
+    def _recovered(self, kind: str) -> None:
+        if self._pause_reason is None:
+            return
+        with self._pause_lock:
+            if self._pause_reason is None or self._pause_kind != kind:
+                return
+            reason, self._pause_reason = self._pause_reason, None
+            self._pause_backoff = 0.0
+            self._pause_until = 0.0
+        log.info("recovered from the system failure (%s); polling resumes", reason,
+                 extra={"event": "resumed"})
+
+    def _wait_while_paused(self) -> None:
+        while not self._stop.is_set():
+            remaining = self._pause_until - time.monotonic()
+            if remaining <= 0:
+                return
+            self._stop.wait(min(remaining, 1.0))
+
+    def _write_succeeded(self) -> None:
+        self._writes += 1
+        if self._pause_reason is not None:
+            self._recovered("write")
+
+    def _blame_message(self, job: Job) -> bool:
+        """A message whose 'system' failures repeat while other writes succeed is at fault."""
+        return (job.system_retries >= SYSTEM_RETRIES_BEFORE_BLAME
+                and self._writes > job.writes_seen)
+
+    def _system_failure(self, job: Job, stage: str, error: BaseException) -> None:
+        message = job.message
+        if job.system_retries == 0:
+            job.writes_seen = self._writes
+        job.system_retries += 1
+        self.metrics.system_failures.add(1, {"stage": stage, "error_type": error_code(error)})
+        delay = self._pause("write", f"{stage}: {describe_error(error)}")
+        log.warning("message %s: %s failed for a reason outside the message (%s); it stays in "
+                    "flight and is retried in %.1fs", message.message_id, stage,
+                    describe_error(error), delay,
+                    extra={"event": "system_failure", "message_id": message.message_id,
+                           "stage": stage, "error": error_code(error)})
+        span = job.span
+        if span.is_recording():
+            span.add_event("system failure", {tel.STAGE: stage, "error.type": error_code(error),
+                                              "sqs_processor.retry_in": round(delay, 3)})
+        if self._stop.wait(delay) or self._abandon.is_set():
+            # Shutting down: give it back now rather than hold it to the deadline.
+            with self._cond:
+                tracked = self._jobs.pop(id(message), None)
+            if tracked is not None:
+                self._release([job], "shutdown during a system failure")
+                self._finish(1)
+            return
+        self._work.put(job)
+
+    # -- visibility heartbeat ----------------------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        visibility = self._visibility or 0.0
+        tick = min(max(visibility / 4, 0.1), 10.0)
+        while not self._heartbeat_stop.wait(tick):
+            try:
+                self._heartbeat(visibility)
+            except Exception:  # never let the heartbeat die; liveness would report it
+                log.exception("unexpected error in the visibility heartbeat",
+                              extra={"event": "internal_error"})
+
+    def _heartbeat(self, visibility: float) -> None:
+        now = time.monotonic()
+        with self._cond:
+            jobs = [job for job in self._jobs.values()
+                    if not job.extend_failed and job.visible_until - now
+                    < visibility * HEARTBEAT_MARGIN]
+        if not jobs:
+            return
+        groups: dict[int, list[Job]] = {}
+        for job in jobs:
+            left_in_cap = int(MAX_VISIBILITY_SECONDS - (now - job.received)) - 1
+            seconds = min(int(max(visibility, 1)), left_in_cap)
+            if seconds <= 0:
+                job.extend_failed = True
+                log.warning("message %s has been hidden for the 12-hour maximum; it becomes "
+                            "visible again and may be processed a second time (the write stays "
+                            "single)", job.message.message_id,
+                            extra={"event": "visibility_capped",
+                                   "message_id": job.message.message_id})
+                continue
+            groups.setdefault(seconds, []).append(job)
+        for seconds, group in groups.items():
+            by_message = {id(job.message): job for job in group}
+            failures = self.source.extend([job.message for job in group], seconds)
+            failed = {id(f.message) for f in failures}
+            for job in group:
+                if id(job.message) not in failed:
+                    job.visible_until = now + seconds
+            self.metrics.extensions.add(len(group) - len(failed), {"outcome": "ok"})
+            for failure in failures:
+                job = by_message.get(id(failure.message))
+                if job is None:
+                    continue
+                self.metrics.extensions.add(1, {"outcome": "failed"})
+                if failure.retryable and job.visible_until > time.monotonic() + tick_margin(
+                        visibility):
+                    continue  # try again on the next tick, there is still time
+                job.extend_failed = True
+                log.warning("could not extend the visibility of message %s: %s %s; it may be "
+                            "delivered again while in flight (the write stays single)",
+                            job.message.message_id, failure.code, failure.detail,
+                            extra={"event": "extend_failed",
+                                   "message_id": job.message.message_id,
+                                   "error": failure.code})
 
     # -- acknowledging -----------------------------------------------------------------------
 
@@ -510,7 +738,10 @@ class Runner:
                 span.end()
             done = [by_message[id(m)] for m in pending if id(m) not in failed]
             if done:
+                self._recovered("ack")
                 self._acked(done)
+            elif failures and all(f.code in SYSTEM_ERROR_CODES for f in failures):
+                self._pause("ack", f"{self.ack_label}: {failures[0].code} {failures[0].detail}")
             retry: list[Message] = []
             for failure in failures:
                 if failure.retryable and attempt < ACK_ATTEMPTS and not self._abandon.is_set():
@@ -582,6 +813,9 @@ class Runner:
             leftovers = [job for job in self._jobs.values() if not job.written]
             for job in leftovers:
                 del self._jobs[id(job.message)]
+        self._heartbeat_stop.set()
+        if self._heartbeat_thread is not None:
+            self._heartbeat_thread.join(5)
         if leftovers:
             self._abandon.set()
             self._release(leftovers, "shutdown deadline reached")
@@ -611,6 +845,11 @@ class Runner:
 
 
 OUTCOME_DROPPED = "sqs_processor.dropped"
+
+
+def tick_margin(visibility: float) -> float:
+    """Time a retryable extension failure may wait for the next heartbeat tick."""
+    return min(max(visibility / 4, 0.1), 10.0) + 1.0
 
 
 def _location_attributes(location: str, created: bool) -> dict[str, Any]:

@@ -358,6 +358,17 @@ class Metrics:
             "sqs_processor_messages_released",
             description="Messages handed back to the queue unprocessed (shutdown, system "
                         "failure).")
+        self.system_failures = counter(
+            "sqs_processor_system_failures",
+            description="Failures blamed on the system (storage or AWS unreachable or refusing), "
+                        "by stage and error type; polling pauses, the message is retried.")
+        self.extensions = counter(
+            "sqs_processor_visibility_extensions",
+            description="Visibility heartbeat extensions of in-flight messages, by outcome.")
+        self.error_sink = counter(
+            "sqs_processor_messages_to_error_sink",
+            description="Messages handed to the error sink (and deleted) after failing "
+                        "errors.after_receives times, by stage.")
         self.objects_written = counter("sqs_processor_objects_written",
                                        description="Objects the sink created.")
         self.objects_existing = counter(
