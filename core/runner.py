@@ -31,8 +31,9 @@ from typing import Any
 from sqs_processor.components import AckFailure
 from sqs_processor.errors import describe_error, error_code
 from sqs_processor.manager import call_impl
-from sqs_processor.message import Message, Record
+from sqs_processor.message import Message
 from sqs_processor.pipeline import Pipeline, close_pipeline
+from sqs_processor.process import process_message
 
 log = logging.getLogger("sqs_processor.runner")
 
@@ -105,21 +106,15 @@ class Runner:
         """Start everything, block until stopped, shut down gracefully. Returns the exit code."""
         pipeline = self.pipeline
         self.state = "starting"
-        steps = [("aws clients", pipeline.aws.connect)] + [
-            (where, getattr(part, "start", None))
-            for where, part in (("source", pipeline.source), ("sink", pipeline.sink),
-                                ("ack", pipeline.acker))]
-        for where, start in steps:
+        for step in pipeline.start_steps():  # components, then sqs_processor_startup hooks
             try:
-                if callable(start):
-                    start()
+                step.run()
             except Exception as exc:
-                log.error("could not start the %s: %s", where, describe_error(exc),
-                          extra={"event": "start_failed", "component": where})
+                log.error("could not start %s", step.describe_failure(exc),
+                          extra={"event": "start_failed", "component": step.where})
                 close_pipeline(pipeline)
                 self.state = "stopped"
                 return 1
-        self._observe("sqs_processor_startup", pipeline=pipeline)
         self._acker_thread = threading.Thread(target=self._ack_loop, name="acker", daemon=True)
         self._acker_thread.start()
         for i in range(self.worker_count):
@@ -254,26 +249,16 @@ class Runner:
                 self._failed(message, "engine", RuntimeError("internal error"))
 
     def _process(self, message: Message) -> None:
-        record = Record.from_message(message)
-        stage = "transform"
-        try:
-            for name, step in self.pipeline.transforms:
-                stage = f"transform:{name}"
-                result = step(record)
-                if result is None:
-                    self._dropped(message, name)
-                    return
-                if not isinstance(result, Record):
-                    raise TypeError(f"returned {type(result).__name__}, expected a Record or None")
-                if result.message is not message:
-                    raise TypeError("replaced the message envelope; transforms may change "
-                                    "record.document, not record.message")
-                record = result
-            stage = self.sink_stage
-            written = self.sink.write(record)
-        except Exception as exc:
-            self._failed(message, stage, exc)
+        outcome = process_message(message, self.pipeline.transforms, self.sink, self.sink_stage)
+        if outcome.status == "dropped":
+            self._dropped(message, outcome.stage.removeprefix("transform:"))
             return
+        if outcome.status == "failed":
+            assert outcome.error is not None
+            self._failed(message, outcome.stage, outcome.error)
+            return
+        record, written = outcome.record, outcome.result
+        assert written is not None
         stats = self.pipeline.stats
         if written.created:
             stats.add("written")
@@ -302,7 +287,7 @@ class Runner:
         self._acks.put(message)
 
     def _failed(self, message: Message, stage: str, error: BaseException) -> None:
-        self.pipeline.stats.add("failed")
+        self.pipeline.stats.add_failure(stage)
         with self._cond:
             self._unwritten.pop(id(message), None)
         log.warning("message %s failed at %s: %s; left in the queue for redelivery "
