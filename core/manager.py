@@ -213,7 +213,8 @@ class PluginManager:
             try:
                 specs = _as_list(impl.function())
             except Exception as exc:
-                self._mark_broken(provider, f"{hook.name} raised {describe_error(exc)}")
+                self._mark_broken(provider,
+                                  f"{hook.name} raised {describe_plugin_error(exc, provider)}")
                 continue
             for spec in specs:
                 if not isinstance(spec, expected):
@@ -258,8 +259,8 @@ class PluginManager:
             try:
                 result = call_impl(impl.function, impl.argnames, {"pipeline": pipeline})
             except Exception as exc:
-                self._mark_broken(provider,
-                                  f"sqs_processor_health_checks raised {describe_error(exc)}")
+                self._mark_broken(provider, "sqs_processor_health_checks raised "
+                                            f"{describe_plugin_error(exc, provider)}")
                 continue
             for spec in _as_list(result):
                 if not isinstance(spec, HealthCheckSpec):
@@ -338,8 +339,9 @@ def describe_plugin_error(exc: BaseException, provider: Provider) -> str:
     """One line for an exception raised by plugin code, ending with where it was raised.
 
     A file plugin's line is given as ``(line N)`` (the file is in the provider already); for other
-    plugins the file is named too. Frames inside the plugin's own file are preferred over the
-    libraries it called.
+    plugins the file is named too. The line is the innermost one in the plugin's own file when
+    that is known; otherwise, for an import, the innermost module-level line (the statement of
+    the plugin that failed, not the library code it called).
     """
     path = Path(provider.path) if provider.path else None
     text = describe_error(exc, path if provider.origin == "file" else None)
@@ -348,6 +350,8 @@ def describe_plugin_error(exc: BaseException, provider: Provider) -> str:
     frames = [f for f in traceback.extract_tb(exc.__traceback__)
               if not f.filename.startswith("<")]
     own = [f for f in frames if path is not None and Path(f.filename) == path]
+    if path is None:
+        own = [f for f in frames if f.name == "<module>"]
     frame = (own or frames or [None])[-1]
     if frame is None or provider.origin == "built-in":
         return text

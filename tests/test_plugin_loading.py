@@ -552,8 +552,9 @@ def test_registration_hook_that_raises_marks_the_plugin_broken_and_keeps_the_oth
 
     with pytest.raises(ConfigError) as caught:
         manager.get("transform", "raiser_step", "transforms[0]")
+    line = explode.__code__.co_firstlineno + 1
     assert "plugins that failed to load: module raiser (sqs_processor_transforms raised " \
-           "RuntimeError: no licence)" in str(caught.value)
+           f"RuntimeError: no licence ({__file__}, line {line}))" in str(caught.value)
 
 
 def test_each_build_plugin_manager_call_is_independent(tmp_path):
