@@ -115,12 +115,11 @@ def _describe(manager: PluginManager, name: str) -> int:
         key = name
     found = [c for c in manager.all_components() if c.name == key]
     if not found:
-        skipped = [s for s in manager.skipped if s.provider.name == name]
         hint = suggest(key, sorted({c.name for c in manager.all_components()}))
-        detail = "; ".join(f"plugin {s.provider.name!r} was not loaded: {s.reason}"
-                           for s in skipped)
-        print(f"sqs-processor: no component is named {name!r}{hint}"
-              + (f"; {detail}" if detail else ""), file=sys.stderr)
+        message = f"sqs-processor: no component is named {name!r}{hint}"
+        if manager.skipped:  # the component may be one of theirs
+            message += "; plugins not loaded: " + "; ".join(map(str, manager.skipped))
+        print(message, file=sys.stderr)
         return EXIT_CONFIG
     for i, component in enumerate(found):
         if i:
