@@ -19,7 +19,7 @@ the arguments no default values: pluggy does not pass defaults, and the function
 keep its own.
 
 Each example below is complete: save it as a ``.py`` file in a directory listed under
-``plugin_paths`` in the pipeline YAML and it is loaded.
+``plugins.paths`` in the pipeline YAML and it is loaded.
 """
 
 from __future__ import annotations

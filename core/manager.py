@@ -10,7 +10,8 @@ Plugins come from three places, registered in this order and all through the sam
 
 Before anything is imported, each candidate is checked against the allow and block lists (YAML
 and environment): a blocked plugin is never imported, only listed as skipped. Built-ins are
-always allowed but can be blocked by name.
+always allowed but can be blocked by name; being part of the engine's own package, a blocked
+built-in is not registered (another built-in may still import its module).
 
 A plugin that fails to load from an entry point is a warning, since the pipeline may not need it;
 if the YAML then names a component nobody provides, the error lists the broken and the skipped
@@ -425,7 +426,7 @@ def build_plugin_manager(
 
     def skip(provider: Provider, status: str, reason: str) -> None:
         log.debug("plugin %s was not loaded: %s", provider, reason,
-                 extra={"event": "plugin_skipped", "plugin": str(provider)})
+                  extra={"event": "plugin_skipped", "plugin": str(provider)})
         manager.skipped.append(SkippedPlugin(provider, status, reason))
 
     for module_name in BUILTIN_PLUGINS:

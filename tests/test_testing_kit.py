@@ -290,3 +290,17 @@ def test_the_kit_module_is_documented_for_plugin_authors():
     for name in ("run_pipeline", "make_message", "ListSink", "sqs_plugins",
                  "pytest_plugins = [\"sqs_processor.pytest_plugin\"]"):
         assert name in guide, f"{name} is not in docs/plugins.md"
+
+
+def test_a_plugin_manager_can_unregister_a_plugin_by_object_or_name(sqs_plugins):
+    stamp = sqs_plugins.register(Stamp(), name="stamp_plugin")
+    manager = sqs_plugins.manager
+    assert "stamp" in manager.components("transform")
+    manager.unregister(manager.pm.get_plugin("stamp_plugin"))
+    assert "stamp" not in manager.components("transform")  # the component cache is dropped
+    with pytest.raises(ValueError, match="is not registered"):
+        manager.unregister("stamp_plugin")
+    other = sqs_plugins.manager  # a fresh manager still has it: the sandbox owns registrations
+    other.unregister("stamp_plugin")
+    assert "stamp" not in other.components("transform")
+    assert stamp in sqs_plugins.plugins
