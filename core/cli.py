@@ -1,4 +1,4 @@
-"""The ``sqs-processor`` command: ``run``, ``validate`` and ``plugins``.
+"""The ``sqs-processor`` command: ``run``, ``validate`` and ``plugins`` (``--describe NAME``).
 
 Exit codes: 0 success (including a graceful stop on SIGTERM/SIGINT), 2 a configuration error
 (one line on stderr naming the key, the value and what was expected; no traceback), 1 a failure
@@ -21,8 +21,10 @@ from sqs_processor.config import load_config, load_plugin_settings
 from sqs_processor.errors import ConfigError
 from sqs_processor.health import HealthServer
 from sqs_processor.logs import LEVELS, configure
-from sqs_processor.manager import KIND_LABELS, build_plugin_manager
+from sqs_processor.manager import KIND_LABELS, Component, PluginManager, build_plugin_manager
+from sqs_processor.options import suggest
 from sqs_processor.pipeline import Pipeline, build_pipeline
+from sqs_processor.records import normalise_name
 from sqs_processor.runner import Runner
 from sqs_processor.telemetry import Telemetry, TelemetrySettings, resolve_settings
 
@@ -55,8 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("validate", parents=[common, with_config],
                         help="check the config and that every component resolves; print the "
                              "pipeline")
-    commands.add_parser("plugins", parents=[common, with_config],
-                        help="list every available component and where it comes from")
+    plugins = commands.add_parser(
+        "plugins", parents=[common, with_config],
+        help="list every component, the plugin that provides it, and plugins not loaded")
+    plugins.add_argument("--describe", metavar="NAME", default=None,
+                         help="print the options of the component NAME")
     return parser
 
 
@@ -88,20 +93,67 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _table(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    """Left-aligned columns; the last column is not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [indent + "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)),
+                                row[-1]]).rstrip() for row in rows]
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
-    path = _config_path(args)
-    settings = load_plugin_settings(path) if path is not None else None
-    manager = build_plugin_manager(settings)
-    rows = [(KIND_LABELS[c.kind], c.name, str(c.provider), c.spec.description)
-            for c in manager.all_components()]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else [0, 0, 0]
-    header = ("KIND", "NAME", "PROVIDER", "DESCRIPTION")
-    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=False)]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)))
-    for broken in manager.broken:
-        print(f"broken: {broken}")
+    manager = build_plugin_manager(load_plugin_settings(_config_path(args)))
+    if args.describe is not None:
+        return _describe(manager, args.describe)
+    rows: list[tuple[str, ...]] = [("KIND", "NAME", "STATUS", "PROVIDER", "DESCRIPTION")]
+    rows += [(KIND_LABELS[c.kind], c.name, "ok", str(c.provider), c.spec.description)
+             for c in manager.all_components()]
+    rows += [("plugin", s.provider.name, s.status, str(s.provider), s.reason)
+             for s in manager.skipped]
+    rows += [("plugin", b.provider.name, "broken", str(b.provider), b.error)
+             for b in manager.broken]
+    for line in _table(rows):
+        print(line)
+    for warning in manager.unmatched:
+        print(f"warning: {warning}")
     return 0
+
+
+def _describe(manager: PluginManager, name: str) -> int:
+    try:
+        key = normalise_name(name)
+    except (TypeError, ValueError):
+        key = name
+    found = [c for c in manager.all_components() if c.name == key]
+    if not found:
+        hint = suggest(key, sorted({c.name for c in manager.all_components()}))
+        message = f"sqs-processor: no component is named {name!r}{hint}"
+        if manager.skipped:  # the component may be one of theirs
+            message += "; plugins not loaded: " + "; ".join(map(str, manager.skipped))
+        print(message, file=sys.stderr)
+        return EXIT_CONFIG
+    for i, component in enumerate(found):
+        if i:
+            print()
+        print(describe_component(component))
+    return 0
+
+
+def describe_component(component: Component) -> str:
+    """A component, its provider and its options, as ``plugins --describe`` prints them."""
+    lines = [f"{KIND_LABELS[component.kind]} {component.name}",
+             f"  provider: {component.provider}"]
+    if component.spec.description:
+        lines.append(f"  {component.spec.description}")
+    options = component.spec.options
+    if not options:
+        lines.append("  options: none")
+        return "\n".join(lines)
+    lines.append("")
+    rows = [("OPTION", "TYPE", "DEFAULT", "ALLOWED", "DESCRIPTION")]
+    rows += [(o.name, o.type_label(), o.default_label(), o.allowed_label(), o.description)
+             for o in options]
+    lines += _table(rows, indent="  ")
+    return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

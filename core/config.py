@@ -2,7 +2,9 @@
 
 The file is parsed (duplicate keys are an error, not a silent overwrite), ``${VAR}`` and
 ``${VAR:-default}`` are replaced from the environment (``$${`` writes a literal ``${``), and the
-engine's own sections (``service``, ``aws``, the plugin lists) are checked here. Component
+engine's own sections (``service``, ``aws``, ``plugins``) are checked here. The ``plugins``
+section says where plugins come from and which may load; the operator's environment can narrow
+it further (:data:`ENV_ALLOW`, :data:`ENV_BLOCK`, :data:`ENV_AUTOLOAD`). Component
 sections (``source``, ``transforms``, ``sink``, ``ack``) are checked against the options their
 plugin declares when the pipeline is built (:mod:`sqs_processor.pipeline`). Nothing here touches
 the network.
@@ -74,10 +76,34 @@ AWS_OPTIONS = (
            minimum=1, maximum=900),
 )
 
-TOP_LEVEL_KEYS = (
-    "service", "aws", "plugin_paths", "plugins", "load_entrypoints",
-    "source", "transforms", "sink", "ack", "errors", "telemetry",
+PLUGIN_OPTIONS = (
+    Option("paths", list, [],
+           "Folders of drop-in plugin files: every `*.py` not starting with `_` is loaded. "
+           "Relative paths start at the config file's folder.", items=str),
+    Option("modules", list, [],
+           "Importable plugins, written `package.module` or `package.module:attribute`.",
+           items=str),
+    Option("autoload", bool, True,
+           "Load the plugins of installed distributions (the `sqs_processor` entry-point "
+           "group). `$SQS_PROCESSOR_PLUGINS_AUTOLOAD=false` switches it off too."),
+    Option("allow", list, [],
+           "When not empty, only plugins with one of these names are loaded; built-ins are "
+           "always allowed. `$SQS_PROCESSOR_PLUGINS_ALLOW` (comma-separated) must match too.",
+           items=str),
+    Option("block", list, [],
+           "Plugins never loaded, not even imported: entry-point, distribution, file, module "
+           "or built-in names. `$SQS_PROCESSOR_PLUGINS_BLOCK` (comma-separated) adds to it.",
+           items=str),
 )
+
+ENV_ALLOW = "SQS_PROCESSOR_PLUGINS_ALLOW"
+ENV_BLOCK = "SQS_PROCESSOR_PLUGINS_BLOCK"
+ENV_AUTOLOAD = "SQS_PROCESSOR_PLUGINS_AUTOLOAD"
+
+TOP_LEVEL_KEYS = ("service", "aws", "plugins", "source", "transforms", "sink", "ack", "errors",
+                  "telemetry")
+LEGACY_PLUGIN_KEYS = ("plugin_paths", "load_entrypoints")
+"""Older spellings of ``plugins.paths`` and ``plugins.autoload``, still read."""
 
 # "$${" is a literal "${"; "${...}" a reference; "${" with no closing brace is an error.
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{[^}]*$")
@@ -110,13 +136,32 @@ class ComponentConfig:
 
 
 @dataclass(frozen=True)
+class NameList:
+    """An allow or block list and where it was written (``plugins.block``, ``$VAR``)."""
+
+    source: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PluginSettings:
-    """The part of the YAML that says where plugins come from."""
+    """Where plugins come from (the ``plugins`` section) and which of them may load.
+
+    ``plugin_paths`` and ``plugins`` are the YAML's ``plugins.paths`` and ``plugins.modules``;
+    ``load_entrypoints`` is ``plugins.autoload`` and the environment's switch together;
+    ``autoload_off_by`` says which of them turned it off. ``allow`` and ``block`` hold every
+    list that applies, from the YAML and the environment.
+    """
 
     base_dir: Path
     plugin_paths: tuple[Path, ...] = ()
     plugins: tuple[str, ...] = ()
     load_entrypoints: bool = True
+    allow: tuple[NameList, ...] = ()
+    block: tuple[NameList, ...] = ()
+    autoload_off_by: str = field(default="", compare=False)  # what switched autoload off
+    paths_key: str = field(default="plugin_paths", compare=False)  # for error messages
+    modules_key: str = field(default="plugins", compare=False)
 
 
 @dataclass(frozen=True)
@@ -296,29 +341,82 @@ def _string_list(raw: Any, where: str) -> list[str]:
 _MODULE_REF = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
 
 
-def _plugin_settings(document: Mapping[str, Any], base_dir: Path) -> PluginSettings:
+def _env_names(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in environ.get(name, "").split(",") if part.strip())
+
+
+def _plugin_settings(document: Mapping[str, Any], base_dir: Path,
+                     environ: Mapping[str, str]) -> PluginSettings:
+    """The ``plugins`` section (or its older spellings) and the environment's plugin controls."""
+    section = document.get("plugins")
+    if isinstance(section, dict):
+        for legacy in LEGACY_PLUGIN_KEYS:
+            if legacy in document:
+                new = "plugins.paths" if legacy == "plugin_paths" else "plugins.autoload"
+                raise ConfigError(legacy, f"is the older spelling of {new}; with a plugins: "
+                                          f"mapping, write {new} instead")
+        values = validate_options(PLUGIN_OPTIONS, section, "plugins")
+        prefix = "plugins."
+    elif section is None or isinstance(section, list):
+        # Older layout: plugin_paths, plugins (a list of modules), load_entrypoints.
+        values = {
+            "paths": _string_list(document.get("plugin_paths"), "plugin_paths"),
+            "modules": _string_list(section, "plugins"),
+            "autoload": Option("load_entrypoints", bool, True).convert(
+                document.get("load_entrypoints", True), "load_entrypoints"),
+            "allow": [], "block": [],
+        }
+        prefix = ""
+    else:
+        raise ConfigError("plugins", "has the wrong type", value=section,
+                          expected="a mapping with paths, modules, autoload, allow, block")
+    paths_key = f"{prefix}paths" if prefix else "plugin_paths"
+    modules_key = f"{prefix}modules" if prefix else "plugins"
+
     paths = []
-    for i, item in enumerate(_string_list(document.get("plugin_paths"), "plugin_paths")):
+    for i, item in enumerate(values["paths"]):
+        item = item.strip()
+        if not item:
+            raise ConfigError(f"{paths_key}[{i}]", "is empty", expected="a folder")
         path = Path(item).expanduser()
         paths.append(path if path.is_absolute() else (base_dir / path))
         if not paths[-1].is_dir():
-            raise ConfigError(f"plugin_paths[{i}]", "is not a directory", value=item,
+            raise ConfigError(f"{paths_key}[{i}]", "is not a directory", value=item,
                               expected="a folder of plugin .py files (relative paths start "
                                        "at the config file's folder)")
-    modules = _string_list(document.get("plugins"), "plugins")
+    modules = [ref.strip() for ref in values["modules"]]
     for i, ref in enumerate(modules):
         if not _MODULE_REF.match(ref):
-            raise ConfigError(f"plugins[{i}]", "is not a module reference", value=ref,
+            raise ConfigError(f"{modules_key}[{i}]", "is not a module reference", value=ref,
                               expected="'package.module' or 'package.module:attribute'")
-    autoload = Option("load_entrypoints", bool, True).convert(
-        document.get("load_entrypoints", True), "load_entrypoints")
+
+    allow: list[NameList] = []
+    block: list[NameList] = []
+    for target, key, env_name in ((allow, "allow", ENV_ALLOW), (block, "block", ENV_BLOCK)):
+        names = []
+        for i, name in enumerate(values[key]):
+            if not name.strip():
+                raise ConfigError(f"plugins.{key}[{i}]", "is empty", expected="a plugin name")
+            names.append(name.strip())
+        if names:
+            target.append(NameList(f"plugins.{key}", tuple(names)))
+        from_env = _env_names(environ, env_name)
+        if from_env:
+            target.append(NameList(f"${env_name}", from_env))
+
+    autoload = values["autoload"]
+    off_by = "" if autoload else ("plugins.autoload" if prefix else "load_entrypoints")
+    raw_switch = environ.get(ENV_AUTOLOAD, "").strip()
+    if raw_switch and not Option("autoload", bool).convert(raw_switch, f"${ENV_AUTOLOAD}"):
+        autoload, off_by = False, off_by or f"${ENV_AUTOLOAD}"
     return PluginSettings(base_dir=base_dir, plugin_paths=tuple(paths), plugins=tuple(modules),
-                          load_entrypoints=autoload)
+                          load_entrypoints=autoload, allow=tuple(allow), block=tuple(block),
+                          autoload_off_by=off_by, paths_key=paths_key, modules_key=modules_key)
 
 
 def _check_top_level(document: Mapping[str, Any]) -> None:
     for key in document:
-        if key not in TOP_LEVEL_KEYS:
+        if key not in TOP_LEVEL_KEYS and key not in LEGACY_PLUGIN_KEYS:
             hint = suggest(str(key), TOP_LEVEL_KEYS) or "; known sections: " + ", ".join(
                 TOP_LEVEL_KEYS)
             raise ConfigError(str(key), f"is not a section of the pipeline config{hint}")
@@ -339,13 +437,16 @@ def _resolve(path: Path | None) -> tuple[Path, Path]:
 
 def load_plugin_settings(path: Path | None = None,
                          environ: Mapping[str, str] | None = None) -> PluginSettings:
-    """Read only where plugins come from (for ``sqs-processor plugins``)."""
+    """Read only where plugins come from and which may load (for ``sqs-processor plugins``)."""
     path, base_dir = _resolve(path)
     document = read_document(path)
     environ = os.environ if environ is None else environ
-    subset = {k: document[k] for k in ("plugin_paths", "plugins", "load_entrypoints")
-              if k in document}
-    return _plugin_settings(interpolate(subset, "", environ, {}), base_dir)
+    subset = {k: document[k] for k in ("plugins", *LEGACY_PLUGIN_KEYS) if k in document}
+    env_sources: dict[str, tuple[str, ...]] = {}
+    try:
+        return _plugin_settings(interpolate(subset, "", environ, env_sources), base_dir, environ)
+    except ConfigError as exc:
+        raise _explain(exc, env_sources) from None
 
 
 def load_config(
@@ -356,11 +457,25 @@ def load_config(
     Raises :class:`ConfigError` for the first problem found.
     """
     path, base_dir = _resolve(path)
-    raw = read_document(path)
+    return parse_config(read_document(path), path=path, base_dir=base_dir, environ=environ)
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    *,
+    path: Path | None = None,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+) -> PipelineConfig:
+    """Interpolate and check a pipeline document already read from YAML (or built in code).
+
+    ``base_dir`` is where relative paths start (the config file's folder). Raises
+    :class:`ConfigError` for the first problem found.
+    """
     environ = os.environ if environ is None else environ
     _check_top_level(raw)
     env_sources: dict[str, tuple[str, ...]] = {}
-    document = interpolate(raw, "", environ, env_sources)
+    document = interpolate(dict(raw), "", environ, env_sources)
 
     try:
         for section in ("service", "aws", "telemetry", "errors"):
@@ -392,7 +507,7 @@ def load_config(
                            for i, item in enumerate(transforms_raw))
         sink = _component(document["sink"], "sink")
         ack = _component(document["ack"], "ack")
-        plugin_settings = _plugin_settings(document, base_dir)
+        plugin_settings = _plugin_settings(document, base_dir, environ)
     except ConfigError as exc:
         raise _explain(exc, env_sources) from None
 

@@ -31,7 +31,8 @@ class ConfigError(Exception):
 
     ``key`` is the dotted path in the YAML (``source.max_messages``), ``value`` the offending
     value as read, ``expected`` what would have been accepted. ``env`` names the environment
-    variables the value was interpolated from, so the user knows where to fix it.
+    variables the value was interpolated from, so the user knows where to fix it; ``plugin``
+    names the plugin (and its file) whose options were being checked, when it is not built in.
     """
 
     def __init__(
@@ -42,19 +43,25 @@ class ConfigError(Exception):
         value: object = _MISSING,
         expected: str | None = None,
         env: tuple[str, ...] = (),
+        plugin: str = "",
     ) -> None:
         self.key = key
         self.problem = problem
         self.value = value
         self.expected = expected
         self.env = tuple(env)
+        self.plugin = plugin
         super().__init__(str(self))
 
     def with_env(self, env: tuple[str, ...]) -> ConfigError:
         """Return a copy that names the environment variables behind the value."""
-        return ConfigError(
-            self.key, self.problem, value=self.value, expected=self.expected, env=env
-        )
+        return ConfigError(self.key, self.problem, value=self.value, expected=self.expected,
+                           env=env, plugin=self.plugin)
+
+    def with_plugin(self, plugin: str) -> ConfigError:
+        """Return a copy that names the plugin whose options were being checked."""
+        return ConfigError(self.key, self.problem, value=self.value, expected=self.expected,
+                           env=self.env, plugin=plugin)
 
     def __str__(self) -> str:
         parts = [f"{self.key}: " if self.key else ""]
@@ -68,6 +75,8 @@ class ConfigError(Exception):
         if self.env:
             names = ", ".join(f"${name}" for name in self.env)
             parts.append(f" (from {names})")
+        if self.plugin:
+            parts.append(f" [{self.plugin}]")
         # Keys and problems can quote user text; control characters must not break the line.
         return escape("".join(parts))
 

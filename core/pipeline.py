@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,9 +21,15 @@ import boto3
 from sqs_processor.aws import AwsClients
 from sqs_processor.config import ComponentConfig, PipelineConfig
 from sqs_processor.errors import ConfigError, describe_error
-from sqs_processor.manager import Component, PluginManager, Provider
-from sqs_processor.message import Record
+from sqs_processor.manager import (
+    Component,
+    PluginManager,
+    Provider,
+    call_impl,
+    describe_plugin_error,
+)
 from sqs_processor.options import validate_options
+from sqs_processor.process import Step
 from sqs_processor.records import BuildContext, HealthCheckSpec
 
 STAT_NAMES = (
@@ -43,11 +50,23 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(STAT_NAMES, 0)
+        self._failures: Counter[str] = Counter()
         self.last_poll: datetime | None = None
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._counts[name] += amount
+
+    def add_failure(self, stage: str) -> None:
+        """Count a failed message, in total and against the stage (plugin) where it failed."""
+        with self._lock:
+            self._counts["failed"] += 1
+            self._failures[stage] += 1
+
+    def failures_by_stage(self) -> dict[str, int]:
+        """Failed messages per stage (``transform:<name>``, ``sink:<name>``)."""
+        with self._lock:
+            return dict(self._failures)
 
     def polled(self) -> None:
         self.last_poll = datetime.now(UTC)
@@ -57,7 +76,20 @@ class Stats:
             return dict(self._counts)
 
 
-Step = Callable[[Record], "Record | None"]
+@dataclass(frozen=True)
+class StartStep:
+    """One thing that must succeed before the first poll: creating the AWS clients, a component's
+    ``start()``, or a plugin's ``sqs_processor_startup`` hook."""
+
+    where: str  # "aws clients", "source", "sink", "ack" or "plugin <name>"
+    run: Callable[[], object]
+    label: str  # how the failure reads: "the sink 's3' (built-in ...)"
+    provider: Provider | None = None
+
+    def describe_failure(self, exc: BaseException) -> str:
+        if self.provider is None:
+            return f"{self.label}: {describe_error(exc)}"
+        return f"{self.label}: {describe_plugin_error(exc, self.provider)}"
 
 
 @dataclass
@@ -75,6 +107,37 @@ class Pipeline:
     health_checks: list[tuple[HealthCheckSpec, Provider]] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
     error_sink: Any = None
+
+    def provider_of_stage(self, stage: str) -> Provider | None:
+        """The plugin behind a stage name (``transform:redact``, ``sink:s3``), if known."""
+        kind, _, name = stage.partition(":")
+        for where, component in self.used.items():
+            if component.name == name and (where == kind or where.startswith(f"{kind}s[")):
+                return component.provider
+        return None
+
+    def start_steps(self) -> list[StartStep]:
+        """What starting the pipeline runs, in order; the runner stops at the first failure."""
+        steps = [StartStep("aws clients", self.aws.connect, "the AWS clients")]
+        for where, part in (("source", self.source), ("sink", self.sink), ("ack", self.acker),
+                            ("errors.sink", self.error_sink)):
+            start = getattr(part, "start", None)
+            if callable(start):
+                component = self.used.get(where)
+                label = f"the {where}"
+                if component is not None:
+                    label = f"the {where} {component.name!r} from {component.provider}"
+                steps.append(StartStep(where, start, label,
+                                       component.provider if component else None))
+        for function, argnames, plugin_name in self.plugins.observers("sqs_processor_startup"):
+            provider = self.plugins.provider_of(plugin_name)
+
+            def run(function: Any = function, argnames: tuple[str, ...] = argnames) -> object:
+                return call_impl(function, argnames, {"pipeline": self})
+
+            steps.append(StartStep(f"plugin {plugin_name}", run,
+                                   f"plugin {provider}: sqs_processor_startup raised", provider))
+        return steps
 
     def describe_line(self) -> str:
         steps = " -> ".join(name for name, _ in self.transforms)
@@ -123,11 +186,16 @@ def _build(
                                base_dir=config.base_dir)
         built = component.spec.factory(options, context)
     except ConfigError as exc:
-        raise config.explain(exc) from None
+        error = config.explain(exc)
+        if component.provider.origin != "built-in" and not error.plugin:
+            error = error.with_plugin(f"{component.kind} {component.name!r} from "
+                                      f"{component.provider}")
+        raise error from None
     except Exception as exc:
         raise ConfigError(block.where, f"{component.kind} {component.name!r} from "
                                        f"{component.provider} could not be built: "
-                                       f"{describe_error(exc)}") from None
+                                       f"{describe_plugin_error(exc, component.provider)}"
+                          ) from None
     if not callable(getattr(built, required_method, None)):
         raise ConfigError(block.where, f"{component.kind} {component.name!r} from "
                                        f"{component.provider} built a {type(built).__name__}, "

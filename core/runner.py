@@ -46,6 +46,7 @@ from sqs_processor.errors import (
 from sqs_processor.manager import call_impl
 from sqs_processor.message import Message, Record
 from sqs_processor.pipeline import Pipeline, close_pipeline
+from sqs_processor.process import process_message
 from sqs_processor.telemetry import Telemetry
 
 log = logging.getLogger("sqs_processor.runner")
@@ -154,6 +155,7 @@ class Runner:
         self._pause_backoff = 0.0
         self._writes = 0  # successful writes, to tell a failing system from a failing message
         self._observers = {hook: pipeline.plugins.observers(hook) for hook in OBSERVER_HOOKS}
+        self._traced_sink = _TracedSink(self.sink)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -193,21 +195,15 @@ class Runner:
             metrics.processed.add(0, {"outcome": outcome})
         metrics.objects_written.add(0)
         metrics.objects_existing.add(0)
-        steps = [("aws clients", pipeline.aws.connect)] + [
-            (where, getattr(part, "start", None))
-            for where, part in (("source", pipeline.source), ("sink", pipeline.sink),
-                                ("ack", pipeline.acker), ("error sink", pipeline.error_sink))]
-        for where, start in steps:
+        for step in pipeline.start_steps():  # components, then sqs_processor_startup hooks
             try:
-                if callable(start):
-                    start()
+                step.run()
             except Exception as exc:
-                log.error("could not start the %s: %s", where, describe_error(exc),
-                          extra={"event": "start_failed", "component": where})
+                log.error("could not start %s", step.describe_failure(exc),
+                          extra={"event": "start_failed", "component": step.where})
                 close_pipeline(pipeline)
                 self.state = "stopped"
                 return 1
-        self._observe("sqs_processor_startup", pipeline=pipeline)
         self._acker_thread = threading.Thread(target=self._ack_loop, name="acker", daemon=True)
         self._acker_thread.start()
         reader = getattr(self.source, "visibility_timeout", None)
@@ -395,37 +391,23 @@ class Runner:
     def _process(self, job: Job) -> None:
         message = job.message
         job.picked_up = time.monotonic()
-        record = Record.from_message(message)
-        stage = "transform"
-        tracer = self.tracer
-        try:
-            for name, step in self.pipeline.transforms:
-                stage = f"transform:{name}"
-                with tracer.start_as_current_span(f"transform {name}",
-                                                  attributes={tel.STAGE: stage}):
-                    result = step(record)
-                    if result is None:
-                        self._dropped(job, name)
-                        return
-                    if not isinstance(result, Record):
-                        raise TypeError(
-                            f"returned {type(result).__name__}, expected a Record or None")
-                    if result.message is not message:
-                        raise TypeError("replaced the message envelope; transforms may change "
-                                        "record.document, not record.message")
-                record = result
-            stage = self.sink_stage
-            with tracer.start_as_current_span(f"write {self.sink_label}",
-                                              attributes={tel.STAGE: stage}) as span:
-                written = self.sink.write(record)
-                if span.is_recording():
-                    span.set_attributes(_location_attributes(written.location, written.created))
-        except Exception as exc:
-            if is_system_failure(exc) and not self._blame_message(job):
-                self._system_failure(job, stage, exc)
-            else:
-                self._failed(job, stage, exc)
+        tracing = self.telemetry.tracing
+        outcome = process_message(message, self.pipeline.transforms,
+                                  self._traced_sink if tracing else self.sink, self.sink_stage,
+                                  self._stage_span if tracing else None)
+        if outcome.status == "dropped":
+            self._dropped(job, outcome.stage.removeprefix("transform:"))
             return
+        if outcome.status == "failed":
+            error = outcome.error
+            assert error is not None
+            if is_system_failure(error) and not self._blame_message(job):
+                self._system_failure(job, outcome.stage, error)
+            else:
+                self._failed(job, outcome.stage, error)
+            return
+        record, written = outcome.record, outcome.result
+        assert written is not None
         self._write_succeeded()
         stats = self.pipeline.stats
         metrics = self.metrics
@@ -454,6 +436,12 @@ class Runner:
                       result=written)
         self._to_ack(job)
 
+    def _stage_span(self, stage: str) -> Any:
+        """The span around one transform or the sink write (only when tracing)."""
+        kind, _, name = stage.partition(":")
+        label = f"transform {name}" if kind == "transform" else f"write {name}"
+        return self.tracer.start_as_current_span(label, attributes={tel.STAGE: stage})
+
     def _dropped(self, job: Job, step: str) -> None:
         self.pipeline.stats.add("dropped")
         self.metrics.processed.add(1, {"outcome": "dropped"})
@@ -469,7 +457,7 @@ class Runner:
 
     def _failed(self, job: Job, stage: str, error: BaseException) -> None:
         message = job.message
-        self.pipeline.stats.add("failed")
+        self.pipeline.stats.add_failure(stage)
         self.metrics.failed.add(1, {"stage": stage, "error_type": error_code(error)})
         if self.error_after and message.receive_count >= self.error_after and \
                 self._to_error_sink(job, stage, error):
@@ -845,6 +833,21 @@ class Runner:
 
 
 OUTCOME_DROPPED = "sqs_processor.dropped"
+
+
+class _TracedSink:
+    """The sink, adding where each record went to the write span (bucket and key for S3)."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def write(self, record: Record) -> Any:
+        written = self.sink.write(record)
+        location = getattr(written, "location", None)
+        if isinstance(location, str):
+            trace.get_current_span().set_attributes(
+                _location_attributes(location, bool(getattr(written, "created", True))))
+        return written
 
 
 def tick_margin(visibility: float) -> float:
