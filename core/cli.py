@@ -25,7 +25,7 @@ from sqs_processor.manager import KIND_LABELS, Component, PluginManager, build_p
 from sqs_processor.options import suggest
 from sqs_processor.pipeline import Pipeline, build_pipeline
 from sqs_processor.records import normalise_name
-from sqs_processor.runner import Runner
+from sqs_processor.reload import Supervisor
 from sqs_processor.telemetry import Telemetry, TelemetrySettings, resolve_settings
 
 log = logging.getLogger("sqs_processor.cli")
@@ -160,48 +160,54 @@ def cmd_run(args: argparse.Namespace) -> int:
     pipeline = _load(args)
     telemetry = Telemetry(_telemetry_settings(pipeline))
     try:
-        return _run(pipeline, telemetry)
+        return _run(args, pipeline, telemetry)
     finally:
         telemetry.shutdown()
 
 
-def _run(pipeline: Pipeline, telemetry: Telemetry) -> int:
-    runner = Runner(pipeline, telemetry)
+def _run(args: argparse.Namespace, pipeline: Pipeline, telemetry: Telemetry) -> int:
     service = pipeline.config.service
+    supervisor = Supervisor(pipeline, telemetry, lambda: _load(args),
+                            watch=service["reload_on_change"])
     try:
-        health = HealthServer(runner, service["health_host"], service["health_port"])
+        health = HealthServer(supervisor, service["health_host"], service["health_port"])
     except OSError as exc:
         print(f"sqs-processor: cannot serve health checks on {service['health_host']}:"
               f"{service['health_port']}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    _install_signal_handlers(runner)
+    _install_signal_handlers(supervisor)
     health.start()
     log.info("health server listening on %s:%d (/health, /healthz, /readyz, /metrics)",
              service["health_host"], health.port, extra={"event": "health_listening",
                                                          "port": health.port})
     log.info("telemetry: %s", telemetry.settings.describe(), extra={"event": "telemetry"})
     try:
-        return runner.run()
+        return supervisor.run()
     finally:
         health.stop()
 
 
-def _install_signal_handlers(runner: Runner) -> None:
+def _install_signal_handlers(supervisor: Supervisor) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
 
     def handle(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
-        if runner.stopping:
+        if supervisor.stopping:
             log.warning("%s again: exiting now; unfinished messages return to the queue after "
                         "their visibility timeout", name, extra={"event": "forced_exit"})
             logging.shutdown()
             os._exit(128 + signum)
         log.info("%s received: shutting down gracefully", name, extra={"event": "signal"})
-        runner.stop()
+        supervisor.stop()
+
+    def reload(signum: int, _frame: object) -> None:
+        log.info("SIGHUP received: reloading the pipeline", extra={"event": "signal"})
+        supervisor.request_reload()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGHUP, reload)
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins}

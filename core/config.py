@@ -46,6 +46,9 @@ SERVICE_OPTIONS = (
            minimum=0, maximum=3600),
     Option("heartbeat", bool, True,
            "Extend the visibility of in-flight messages before it expires (12-hour cap)."),
+    Option("reload_on_change", bool, True,
+           "Reload the pipeline when the config file or a plugin file changes (SIGHUP always "
+           "reloads)."),
     Option("system_backoff_max_seconds", float, 60.0,
            "Longest pause of polling after a system failure (S3 or SQS down, AccessDenied); "
            "the pause starts at 1 s and doubles.", minimum=1, maximum=3600),
@@ -432,7 +435,9 @@ def _check_endpoint(value: str | None, key: str) -> None:
 
 def _resolve(path: Path | None) -> tuple[Path, Path]:
     path = default_config_path() if path is None else Path(path)
-    return path, path.resolve().parent
+    # Not resolve(): a ConfigMap mounts the file as a symlink into a timestamped folder that an
+    # update replaces; relative plugin paths must stay next to the name the operator gave.
+    return path, Path(os.path.abspath(path)).parent
 
 
 def load_plugin_settings(path: Path | None = None,

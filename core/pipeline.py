@@ -9,6 +9,7 @@ that names the YAML key.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -165,7 +166,9 @@ class Pipeline:
 
 
 def _resolve_region(config: PipelineConfig) -> str:
-    region = config.aws["region"] or boto3.session.Session().region_name
+    # boto3 reads AWS_DEFAULT_REGION; EKS (IRSA) and most tools also set AWS_REGION.
+    region = (config.aws["region"] or boto3.session.Session().region_name
+              or os.environ.get("AWS_REGION") or None)
     if not region:
         raise ConfigError("aws.region", "is not set and boto3 found no region either",
                           expected="aws.region in the YAML, or AWS_REGION in the environment")

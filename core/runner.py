@@ -695,7 +695,7 @@ class Runner:
                 batch.append(item)
             try:
                 self._ack(batch)
-            except Exception:
+            except (Exception, SystemExit):
                 log.exception("unexpected error while acknowledging %d messages", len(batch),
                               extra={"event": "internal_error"})
                 self._finish(len(batch))
@@ -712,7 +712,7 @@ class Runner:
             token = otel_context.attach(trace.set_span_in_context(spans[0]))
             try:
                 failures = self.acker.ack(pending)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 failures = [AckFailure(m, error_code(exc), describe_error(exc), retryable=True)
                             for m in pending]
             finally:
@@ -827,7 +827,7 @@ class Runner:
         for function, argnames, plugin_name in self._observers[hook]:
             try:
                 call_impl(function, argnames, kwargs)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:  # sys.exit() in a plugin must not kill us
                 log.warning("%s of plugin %s raised %s", hook, plugin_name, describe_error(exc),
                             extra={"event": "observer_failed", "plugin": plugin_name})
 

@@ -369,6 +369,9 @@ class Metrics:
             "sqs_processor_messages_to_error_sink",
             description="Messages handed to the error sink (and deleted) after failing "
                         "errors.after_receives times, by stage.")
+        self.reloads = counter(
+            "sqs_processor_config_reloads",
+            description="Live reloads of the pipeline config, by outcome (ok, rejected).")
         self.objects_written = counter("sqs_processor_objects_written",
                                        description="Objects the sink created.")
         self.objects_existing = counter(

@@ -141,8 +141,11 @@ class SqsSource(Source):
                                 for m in chunk)
                 continue
             for failure in response.get("Failed", ()):
+                message = _entry(chunk, failure)
+                if message is None:
+                    continue
                 failures.append(AckFailure(
-                    chunk[int(failure["Id"])], failure.get("Code", "Failed"),
+                    message, failure.get("Code", "Failed"),
                     failure.get("Message", ""), retryable=not failure.get("SenderFault", False)))
         return failures
 
@@ -174,10 +177,21 @@ class SqsSource(Source):
                             describe_error(exc))
                 continue
             for failure in response.get("Failed", ()):
-                message = chunk[int(failure["Id"])]
+                message = _entry(chunk, failure)
+                if message is None:
+                    continue
                 log.warning("could not release message %s: %s; it returns when its visibility "
                             "timeout expires", message.message_id, failure.get("Code"),
                             extra={"message_id": message.message_id})
+
+
+def _entry(chunk: Sequence[Message], failure: Mapping[str, Any]) -> Message | None:
+    """The message a batch-response failure entry names by its positional Id, if valid."""
+    try:
+        return chunk[int(failure["Id"])]
+    except (KeyError, ValueError, TypeError, IndexError):
+        log.warning("ignoring a batch response entry with an unknown Id: %r", failure.get("Id"))
+        return None
 
 
 def build(options: Mapping[str, Any], context: BuildContext) -> SqsSource:
