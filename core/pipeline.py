@@ -256,6 +256,13 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
                 expected="a different prefix, e.g. errors/"))
         error_sink = build("sink", block, "write")
 
+    policy = getattr(sink, "batch", None)
+    max_records = getattr(policy, "max_records", None)
+    if isinstance(max_records, int) and service["max_in_flight"] < max_records:
+        raise config.explain(ConfigError(
+            "service.max_in_flight", "is smaller than the sink's batch", value=service[
+                "max_in_flight"], expected=f"at least batch.max_records ({max_records}), or "
+                                           "batches only ever flush by age"))
     batch = int(getattr(source, "max_batch", 10))
     if service["max_in_flight"] < batch:
         raise config.explain(ConfigError(

@@ -36,7 +36,8 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
 from sqs_processor import telemetry as tel
-from sqs_processor.components import AckFailure
+from sqs_processor.batching import Batch, Batcher, BatchPolicy
+from sqs_processor.components import AckFailure, WriteResult
 from sqs_processor.errors import (
     SYSTEM_ERROR_CODES,
     describe_error,
@@ -82,6 +83,7 @@ class Job:
     visible_until: float = float("inf")  # monotonic; when its visibility runs out
     extend_failed: bool = False
     system_retries: int = 0
+    record: Record | None = None  # batched mode: the record waiting in its batch
     writes_seen: int = 0  # the runner's successful-write count at its first system failure
 
 
@@ -156,6 +158,11 @@ class Runner:
         self._writes = 0  # successful writes, to tell a failing system from a failing message
         self._observers = {hook: pipeline.plugins.observers(hook) for hook in OBSERVER_HOOKS}
         self._traced_sink = _TracedSink(self.sink)
+        policy = getattr(self.sink, "batch", None)
+        self._batcher: Batcher | None = None
+        if isinstance(policy, BatchPolicy):
+            self._batcher = Batcher(self.sink, policy, self._flush_batch)
+            self._collector = _BatchCollector(self)
 
     # -- public ------------------------------------------------------------------------------
 
@@ -208,6 +215,20 @@ class Runner:
         self._acker_thread.start()
         reader = getattr(self.source, "visibility_timeout", None)
         visibility = reader() if callable(reader) else None
+        if self._batcher is not None:
+            age = self._batcher.policy.max_age
+            if visibility and not self.heartbeat_enabled and age >= visibility * HEARTBEAT_MARGIN:
+                log.error("could not start: the sink's batch max_age_seconds (%g) is not below "
+                          "half the visibility timeout (%gs) and service.heartbeat is off, so "
+                          "waiting messages would be redelivered; turn the heartbeat on or "
+                          "lower max_age_seconds", age, visibility,
+                          extra={"event": "start_failed", "component": "sink"})
+                self._stop.set()
+                self._acks.put(None)
+                close_pipeline(self.pipeline)
+                self.state = "stopped"
+                return 1
+            self._batcher.start()
         if self.heartbeat_enabled and visibility:
             self._visibility = float(visibility)
             self._heartbeat_thread = threading.Thread(target=self._heartbeat_loop,
@@ -392,8 +413,11 @@ class Runner:
         message = job.message
         job.picked_up = time.monotonic()
         tracing = self.telemetry.tracing
-        outcome = process_message(message, self.pipeline.transforms,
-                                  self._traced_sink if tracing else self.sink, self.sink_stage,
+        if self._batcher is not None:
+            sink: Any = self._collector
+        else:
+            sink = self._traced_sink if tracing else self.sink
+        outcome = process_message(message, self.pipeline.transforms, sink, self.sink_stage,
                                   self._stage_span if tracing else None)
         if outcome.status == "dropped":
             self._dropped(job, outcome.stage.removeprefix("transform:"))
@@ -407,8 +431,15 @@ class Runner:
                 self._failed(job, outcome.stage, error)
             return
         record, written = outcome.record, outcome.result
-        assert written is not None
+        assert written is not None and record is not None
+        if written is PENDING:
+            return  # in a batch: acknowledged when the batch's object is written
         self._write_succeeded()
+        self._written(job, record, written)
+
+    def _written(self, job: Job, record: Record, written: WriteResult,
+                 batched: bool = False) -> None:
+        message = job.message
         stats = self.pipeline.stats
         metrics = self.metrics
         job.written = True
@@ -416,21 +447,24 @@ class Runner:
         sent_at = message.sent_at
         if sent_at is not None:
             metrics.age_at_write.record(max(0.0, time.time() - sent_at.timestamp()))
+        level = logging.DEBUG if batched else logging.INFO
         if written.created:
             job.outcome = "written"
             stats.add("written")
-            metrics.objects_written.add(1)
-            log.info("stored message %s at %s", message.message_id, written.location,
-                     extra={"event": "stored", "message_id": message.message_id,
-                            "location": written.location})
+            if not batched:
+                metrics.objects_written.add(1)
+            log.log(level, "stored message %s at %s", message.message_id, written.location,
+                    extra={"event": "stored", "message_id": message.message_id,
+                           "location": written.location})
         else:
             job.outcome = "existing"
             stats.add("existing")
-            metrics.objects_existing.add(1)
-            log.info("message %s was already stored at %s (redelivery)", message.message_id,
-                     written.location, extra={"event": "already_stored",
-                                              "message_id": message.message_id,
-                                              "location": written.location})
+            if not batched:
+                metrics.objects_existing.add(1)
+            log.log(level, "message %s was already stored at %s (redelivery)", message.message_id,
+                    written.location, extra={"event": "already_stored",
+                                             "message_id": message.message_id,
+                                             "location": written.location})
         metrics.processed.add(1, {"outcome": job.outcome})
         self._observe("sqs_processor_message_written", pipeline=self.pipeline, record=record,
                       result=written)
@@ -533,6 +567,57 @@ class Runner:
         with self._cond:
             self._in_flight -= count
             self._cond.notify_all()
+
+    # -- batched writes ----------------------------------------------------------------------
+
+    def _flush_batch(self, batch: Batch) -> None:
+        """Write one batch (a flusher thread); acknowledge its messages, or hold or fail them."""
+        jobs = batch.jobs
+        messages = [job.message for job in jobs]
+        links = [Link(job.span.get_span_context()) for job in jobs[:128]]
+        span = self.tracer.start_span(f"write {self.sink_label} batch", links=links,
+                                      attributes={tel.STAGE: self.sink_stage,
+                                                  tel.BATCH_COUNT: len(jobs)})
+        try:
+            with trace.use_span(span, end_on_exit=True):
+                written = self.sink.write_batch(batch.key, batch.lines, messages)
+                if span.is_recording():
+                    span.set_attributes(_location_attributes(written.location, written.created))
+        except Exception as exc:
+            if is_system_failure(exc):
+                self.metrics.system_failures.add(len(jobs), {
+                    "stage": self.sink_stage, "error_type": error_code(exc)})
+                delay = self._pause("write", f"{self.sink_stage}: {describe_error(exc)}")
+                log.warning("a batch of %s failed for a reason outside the messages (%s); they "
+                            "stay in flight and the batch is retried in %.1fs", _count(len(jobs)),
+                            describe_error(exc), delay,
+                            extra={"event": "system_failure", "stage": self.sink_stage,
+                                   "error": error_code(exc), "count": len(jobs)})
+                if self._stop.wait(delay) or self._abandon.is_set():
+                    with self._cond:
+                        held = [j for j in jobs if self._jobs.pop(id(j.message), None)]
+                    self._release(held, "shutdown during a system failure")
+                    self._finish(len(held))
+                else:
+                    assert self._batcher is not None
+                    self._batcher.retry(batch)
+                return
+            for job in jobs:
+                self._failed(job, self.sink_stage, exc)
+            return
+        self._write_succeeded()
+        if written.created:
+            self.metrics.objects_written.add(1)
+        else:
+            self.metrics.objects_existing.add(1)
+        log.info("stored %s at %s", _count(len(jobs)), written.location,
+                 extra={"event": "stored_batch", "count": len(jobs),
+                        "location": written.location})
+        for job in jobs:
+            record = job.record
+            job.record = None
+            assert record is not None
+            self._written(job, record, written, batched=True)
 
     # -- system failures ---------------------------------------------------------------------
 
@@ -795,6 +880,9 @@ class Runner:
                  extra={"event": "stopping", "in_flight": in_flight})
         for thread in self._pollers:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._batcher is not None:
+            # Nothing more will be received: write the open batches now, not at their age.
+            self._batcher.flush_all()
         with self._cond:
             self._cond.wait_for(lambda: self._in_flight <= 0,
                                 timeout=max(0.0, deadline - time.monotonic()))
@@ -809,6 +897,8 @@ class Runner:
             self._release(leftovers, "shutdown deadline reached")
         for _ in self._workers:
             self._work.put(None)
+        if self._batcher is not None:
+            self._batcher.close(max(1.0, deadline - time.monotonic()))
         self._acks.put(None)
         # The deletes of everything already written must still go out.
         if self._acker_thread is not None:
@@ -833,6 +923,27 @@ class Runner:
 
 
 OUTCOME_DROPPED = "sqs_processor.dropped"
+
+
+PENDING = WriteResult(location="(batch)", created=True)
+"""What the batch collector returns: the record waits in a batch, nothing is stored yet."""
+
+
+class _BatchCollector:
+    """Stands in for the sink in batched mode: encodes the record into its batch."""
+
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
+
+    def write(self, record: Record) -> WriteResult:
+        runner = self.runner
+        job = runner._jobs.get(id(record.message))
+        if job is None:  # released meanwhile (shutdown deadline): nothing to do
+            raise RuntimeError("message no longer in flight")
+        assert runner._batcher is not None
+        job.record = record
+        runner._batcher.add(job, record)
+        return PENDING
 
 
 class _TracedSink:

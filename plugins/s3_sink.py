@@ -9,6 +9,7 @@ prefix, the timestamp and the SQS-assigned message id, never from the body or at
 
 from __future__ import annotations
 
+import gzip
 import re
 from collections.abc import Mapping
 from datetime import datetime
@@ -29,6 +30,7 @@ from sqs_processor import (
     WriteResult,
     hookimpl,
 )
+from sqs_processor.batching import BatchPolicy
 from sqs_processor.checks import LastCallCheck
 from sqs_processor.errors import CONTROL_CHARACTERS, error_code
 from sqs_processor.options import REQUIRED
@@ -44,7 +46,15 @@ OPTIONS = (
     Option("conditional_write", bool, True,
            "Put with If-None-Match: * so a redelivery never overwrites (turn off only for "
            "S3-compatible stores that reject the header)."),
+    Option("batch", dict, None,
+           "Batched mode: many messages per NDJSON object. Keys: max_records (500), max_bytes "
+           "(8 MiB), max_age_seconds (10), compression (none or gzip). Unset: one object per "
+           "message."),
 )
+
+BATCH_KEYS = {"max_records": (int, 500, 1, 100_000), "max_bytes": (int, 8 * 1024 * 1024, 1024,
+                                                                     1024 ** 3),
+              "max_age_seconds": (float, 10.0, 0.05, 3600.0)}
 
 _BUCKET = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,253}[a-zA-Z0-9]$")
 _MESSAGE_ID = re.compile(r"^[A-Za-z0-9_:.-]{1,128}$")
@@ -99,6 +109,8 @@ class S3Sink(Sink):
         self.content_type: str = options["content_type"]
         self._condition = {"IfNoneMatch": "*"} if options["conditional_write"] else {}
         self.check = LastCallCheck(f"write to bucket {self.bucket}")
+        self.batch: BatchPolicy | None = options.get("batch_policy")
+        self.gzip: bool = bool(options.get("batch_gzip"))
 
     def key_for(self, record: Record) -> str:
         message = record.message
@@ -110,14 +122,42 @@ class S3Sink(Sink):
 
     def write(self, record: Record) -> WriteResult:
         key = self.key_for(record)
-        location = f"s3://{self.bucket}/{key}"
         try:
             body = orjson.dumps(record.document)
         except (TypeError, orjson.JSONEncodeError) as exc:
             raise MessageError(f"document cannot be encoded as JSON: {exc}") from None
+        return self._put(key, body, self.content_type)
+
+    # -- batched mode (see sqs_processor.batching) ---------------------------------------------
+
+    def batch_key(self, record: Record) -> str:
+        """The hour folder a record's batch goes to (same time rule as single objects)."""
+        return self.key_for(record).rpartition("/")[0] + "/"
+
+    def encode(self, record: Record) -> bytes:
+        """One NDJSON line: the same document a single object would hold."""
+        try:
+            return orjson.dumps(record.document) + b"\n"
+        except (TypeError, orjson.JSONEncodeError) as exc:
+            raise MessageError(f"document cannot be encoded as JSON: {exc}") from None
+
+    def write_batch(self, folder: str, lines: list[bytes], messages: list[Any]) -> WriteResult:
+        """One object for the batch, named after its first message id and its size, so writing
+        the same batch again meets the conditional put instead of making a copy."""
+        body = b"".join(lines)
+        name = f"{folder}{messages[0].message_id}-{len(lines)}.ndjson"
+        if self.gzip:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            name += ".gz"
+        return self._put(name, body, "application/x-ndjson",
+                         {"ContentEncoding": "gzip"} if self.gzip else {})
+
+    def _put(self, key: str, body: bytes, content_type: str,
+             extra: Mapping[str, Any] | None = None) -> WriteResult:
+        location = f"s3://{self.bucket}/{key}"
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
-                                   ContentType=self.content_type, **self._condition)
+                                   ContentType=content_type, **self._condition, **(extra or {}))
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 412 or error_code(exc) == "PreconditionFailed":
@@ -133,10 +173,38 @@ class S3Sink(Sink):
         return WriteResult(location=location, created=True)
 
 
+def batch_policy(raw: Mapping[str, Any] | None, where: str) -> tuple[BatchPolicy | None, bool]:
+    """The batched-mode settings from the ``batch`` option, checked; (None, False) when off."""
+    if raw is None:
+        return None, False
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "compression":
+            if value not in ("none", "gzip"):
+                raise ConfigError(f"{where}.compression", "is not a supported compression",
+                                  value=value, expected="none or gzip")
+            continue
+        if name not in BATCH_KEYS:
+            known = ", ".join([*BATCH_KEYS, "compression"])
+            raise ConfigError(f"{where}.{name}", "is not a batch setting", value=value,
+                              expected=f"one of {known}")
+        kind, _default, low, high = BATCH_KEYS[name]
+        option = Option(name, kind, None, minimum=low, maximum=high)
+        values[name] = option.convert(value, f"{where}.{name}")
+    policy = BatchPolicy(
+        max_records=values.get("max_records") or BATCH_KEYS["max_records"][1],
+        max_bytes=values.get("max_bytes") or BATCH_KEYS["max_bytes"][1],
+        max_age=values.get("max_age_seconds") or BATCH_KEYS["max_age_seconds"][1],
+    )
+    return policy, raw.get("compression") == "gzip"
+
+
 def build(options: Mapping[str, Any], context: BuildContext) -> S3Sink:
     check_bucket(options["bucket"], f"{context.where}.bucket")
     check_prefix(options["prefix"], f"{context.where}.prefix")
-    return S3Sink(context.aws.client("s3"), options)
+    policy, use_gzip = batch_policy(options["batch"], f"{context.where}.batch")
+    return S3Sink(context.aws.client("s3"),
+                  {**options, "batch_policy": policy, "batch_gzip": use_gzip})
 
 
 @hookimpl
