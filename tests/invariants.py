@@ -9,8 +9,9 @@ bucket, and the queue is empty (apart from what the scenario expects in its DLQ)
 from __future__ import annotations
 
 import re
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -191,3 +192,40 @@ def create_queue(sqs: Any, name: str, visibility_timeout: int = 30,
         attributes["RedrivePolicy"] = orjson.dumps(
             {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(max_receive_count)}).decode()
     return sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"], dlq_url
+
+
+class Producer(threading.Thread):
+    """Sends ``total`` messages (``body(i)``) while keeping at most ``depth`` in the queue.
+
+    moto's SendMessage and ReceiveMessage cost grows with the queue's depth, so runs of
+    thousands of messages feed the queue while the processors drain it. ``sent`` maps id ->
+    body; ``error`` holds what stopped the thread, if anything.
+    """
+
+    def __init__(self, sqs: Any, queue_url: str, total: int, depth: int,
+                 body: Callable[[int], str]) -> None:
+        super().__init__(name="producer", daemon=True)
+        self.sqs, self.queue_url = sqs, queue_url
+        self.total, self.depth, self.body = total, depth, body
+        self.sent: dict[str, str] = {}
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while len(self.sent) < self.total:
+                if sum(queue_counts(self.sqs, self.queue_url)) >= self.depth:
+                    time.sleep(0.1)
+                    continue
+                start = len(self.sent)
+                count = min(30, self.total - start)
+                self.sent.update(send_bodies(self.sqs, self.queue_url,
+                                             map(self.body, range(start, start + count))))
+        except BaseException as exc:  # surfaced by finish()
+            self.error = exc
+
+    def finish(self, timeout: float = 120.0) -> dict[str, str]:
+        """Wait until everything is sent; fail the test if sending failed."""
+        self.join(timeout)
+        assert not self.is_alive(), f"the producer did not finish within {timeout}s"
+        assert self.error is None, f"the producer failed: {self.error!r}"
+        return self.sent

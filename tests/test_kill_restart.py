@@ -10,47 +10,19 @@ first is still running only meets the 412.
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from invariants import assert_archived_exactly_once, create_queue, send_bodies
+from invariants import Producer, assert_archived_exactly_once, create_queue
 from processes import ProcessorProcess
 from support import cli_env, pipeline_config, queue_counts, unique, wait_for, write_config
 
 MESSAGES = 2000
 KILLS = 5
-# moto's SendMessage and ReceiveMessage cost grows with the queue's depth, so a producer keeps
-# the queue shallow and feeds it while the processors run and die.
-DEPTH = 60
-
-
-class Producer(threading.Thread):
-    """Sends MESSAGES small messages, keeping at most DEPTH in the queue."""
-
-    def __init__(self, sqs: Any, queue_url: str) -> None:
-        super().__init__(name="producer", daemon=True)
-        self.sqs, self.queue_url = sqs, queue_url
-        self.sent: dict[str, str] = {}
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        try:
-            while len(self.sent) < MESSAGES:
-                if sum(queue_counts(self.sqs, self.queue_url)) >= DEPTH:
-                    time.sleep(0.1)
-                    continue
-                start = len(self.sent)
-                count = min(30, MESSAGES - start)
-                self.sent.update(send_bodies(self.sqs, self.queue_url, (
-                    f'{{"seq": {i}, "pad": "{"x" * (i % 50)}"}}'
-                    for i in range(start, start + count))))
-        except BaseException as exc:  # surfaced by the test
-            self.error = exc
+DEPTH = 60  # the producer keeps the queue this shallow (see invariants.Producer)
 
 
 @pytest.fixture
@@ -71,7 +43,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
         service={"workers": 8, "pollers": 2, "max_in_flight": 40, "shutdown_grace_seconds": 5}))
     env = cli_env(aws_env)
     moments = random.Random(20261128)
-    producer = Producer(sqs, queue_url)
+    producer = Producer(sqs, queue_url, MESSAGES, DEPTH,
+                        lambda i: f'{{"seq": {i}, "pad": "{"x" * (i % 50)}"}}')
     producer.start()
 
     held_at_kill = []
@@ -86,8 +59,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
 
     final = ProcessorProcess(config, env, "final")
     started.append(final)
-    producer.join(120)
-    assert producer.error is None and not producer.is_alive(), producer.error
+    sent = producer.finish()
     wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), timeout=90, interval=0.5,
              message="the last processor to drain the queue")
     final.terminate()
@@ -98,4 +70,4 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(
     assert not [mid for mid, n in created.items() if n > 1]
     recognised = {r["message_id"] for p in started for r in p.events("already_stored")}
     assert recognised, "no redelivery of a stored message happened; the test proves nothing"
-    assert_archived_exactly_once(s3, sqs, bucket, queue_url, producer.sent)
+    assert_archived_exactly_once(s3, sqs, bucket, queue_url, sent)
