@@ -118,20 +118,20 @@ def test_a_delete_that_never_arrives_brings_the_message_back_and_it_is_not_store
 ):
     queue_url, _ = create_queue(sqs, unique("q"), visibility_timeout=2)
     sent = send_bodies(sqs, queue_url, (f'{{"order": {i}}}' for i in range(5)))
-    # Two attempts per call, three tries per batch: the first six deletes all vanish.
-    lost = proxy.add(DropBeforeForward(), operation="DeleteMessageBatch", times=6)
+    # Every delete vanishes on the way until the processor has given up on all five.
+    lost = proxy.add(DropBeforeForward(), operation="DeleteMessageBatch")
 
     with run_pipeline(via(proxy, queue_url, bucket, aws={"max_attempts": 1})) as running:
-        wait_for(lambda: running.stats["ack_failed"] >= 1, message="a delete to be given up")
-        wait_for(lambda: running.stats["existing"] >= 1, timeout=20,
-                 message="the undeleted message to come back and be recognised")
+        wait_for(lambda: running.stats["ack_failed"] >= 5, message="the deletes to be given up")
+        lost.enabled = False
+        wait_for(lambda: running.stats["existing"] >= 5, timeout=20,
+                 message="the undeleted messages to come back and be recognised")
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), message="queue empty")
         assert running.stop() == 0
 
     stats = running.stats
-    assert lost.fired == 6
+    assert lost.fired >= 3  # at least three tries of the batch
     assert stats["written"] == 5
-    assert stats["existing"] == stats["ack_failed"]
     assert_archived_exactly_once(s3, sqs, bucket, queue_url, sent)
 
 
@@ -196,7 +196,7 @@ def test_a_storm_of_5xx_slow_down_and_lost_answers_neither_loses_nor_duplicates(
     sqs, s3, bucket, proxy, run_pipeline
 ):
     queue_url, _ = create_queue(sqs, unique("q"), visibility_timeout=2)
-    sent = send_bodies(sqs, queue_url, (f'{{"storm": {i}}}' for i in range(100)))
+    sent = send_bodies(sqs, queue_url, (f'{{"storm": {i}}}' for i in range(60)))
     rules = [
         proxy.add(SLOW_DOWN, operation="PutObject", probability=0.25),
         proxy.add(S3_INTERNAL_ERROR, operation="PutObject", probability=0.1),
@@ -323,18 +323,21 @@ def test_readiness_names_an_s3_outage_liveness_stays_up_and_recovery_needs_no_re
 @pytest.mark.xfail(strict=True, reason="needs the system-failure pause (issue 4)")
 def test_an_s3_outage_does_not_push_good_messages_to_the_dlq(sqs, s3, bucket, proxy,
                                                             run_pipeline):
-    # The queue hands a message back after 1 s and dead-letters it on its sixth receive. A
-    # processor that keeps receiving while S3 denies every write burns a receive a second;
-    # one that pauses polling with backoff (1 s, 2 s, 4 s, ...) receives at most four times
-    # in the 6 s outage, and the fifth receive succeeds.
+    # The queue hands a message back after 1 s and dead-letters it on its seventh receive.
+    # A processor that keeps receiving while S3 denies every write burns about a receive a
+    # second and dead-letters good messages within the 10 s outage. One that pauses polling
+    # with exponential backoff (waiting at least half of 1 s, 2 s, 4 s, 8 s, ...) receives at
+    # most five times in those 10 s, and the next receive, after the outage, succeeds.
     queue_url, dlq_url = create_queue(sqs, unique("q"), visibility_timeout=1,
-                                      max_receive_count=5)
+                                      max_receive_count=6)
     sent = send_bodies(sqs, queue_url, (f'{{"good": {i}}}' for i in range(3)))
     outage = proxy.add(ACCESS_DENIED, operation="PutObject")
 
     with run_pipeline(via(proxy, queue_url, bucket)) as running:
         wait_for(lambda: outage.fired >= 1, message="a write to be denied")
-        time.sleep(6)
+        ends = time.monotonic() + 10
+        while time.monotonic() < ends and sum(queue_counts(sqs, dlq_url)) == 0:
+            time.sleep(0.2)
         outage.enabled = False
         wait_for(lambda: running.stats["processed"] + sum(queue_counts(sqs, dlq_url)) >= 3,
                  timeout=90, message="every message archived or dead-lettered")

@@ -18,7 +18,7 @@ from invariants import Producer, assert_archived_exactly_once, create_queue
 from processes import ProcessorProcess
 from support import cli_env, pipeline_config, queue_counts, unique, wait_for, write_config
 
-MESSAGES = 300
+MESSAGES = 200
 REPLICAS = 3
 
 

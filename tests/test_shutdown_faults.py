@@ -93,8 +93,8 @@ def test_writes_unfinished_at_the_deadline_are_released_and_their_late_commits_s
 ):
     queue_url, _ = create_queue(sqs, unique("q"), visibility_timeout=30)
     sent = send_bodies(sqs, queue_url, (f"late {i}" for i in range(10)))
-    # Every write takes 5 s to reach S3; the processor gets 1 s after SIGTERM.
-    proxy.add(Delay(5.0), operation="PutObject")
+    # Every write takes 3 s to reach S3; the processor gets 1 s after SIGTERM.
+    proxy.add(Delay(3.0), operation="PutObject")
     grace = 1.0
     config = via(proxy, queue_url, bucket, service={"shutdown_grace_seconds": grace})
 
