@@ -74,6 +74,7 @@ class Request:
     key: str | None = None
     params: dict[str, Any] | None = None  # an SQS request's JSON parameters
     started: float = field(default_factory=time.monotonic)
+    finished: float | None = None  # when the answer was sent or the connection dropped
     outcome: str = "forwarded"  # what the proxy did: forwarded, or the action's name
     status: int | None = None  # the status the client received (None: connection dropped)
 
@@ -290,6 +291,18 @@ class FaultProxy:
               where: Callable[[Request], bool] | None = None) -> int:
         return len(self.seen(operation, service, where))
 
+    def max_concurrent(self, operation: str) -> int:
+        """The most requests of ``operation`` that were open at the same moment."""
+        edges = []
+        for request in self.seen(operation):
+            edges.append((request.started, 1))
+            edges.append((request.finished or time.monotonic(), -1))
+        open_now = peak = 0
+        for _, step in sorted(edges):
+            open_now += step
+            peak = max(peak, open_now)
+        return peak
+
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
@@ -372,11 +385,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer_error(request, action)
         elif isinstance(action, DropBeforeForward):
             request.outcome = "dropped before forwarding"
-            self._drop()
+            self._drop(request)
         elif isinstance(action, DropAfterForward):
             request.outcome = "dropped after forwarding"
             self._forward(request, request.body)
-            self._drop()
+            self._drop(request)
         elif isinstance(action, FailEntries):
             request.outcome = "entries failed"
             self._fail_entries(request, action)
@@ -417,6 +430,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, request: Request, status: int, reason: str,
                 headers: list[tuple[str, str]], body: bytes) -> None:
         request.status = status
+        request.finished = time.monotonic()
         self.send_response_only(status, reason)
         length = None
         for name, value in headers:
@@ -452,8 +466,9 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(request, error.status, http.client.responses.get(error.status, ""),
                      headers, body)
 
-    def _drop(self) -> None:
+    def _drop(self, request: Request) -> None:
         """Reset the client connection without an answer."""
+        request.finished = time.monotonic()
         self.close_connection = True
         with contextlib.suppress(OSError):
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
