@@ -366,9 +366,14 @@ class _Handler(BaseHTTPRequestHandler):
             headers={k.lower(): v for k, v in self.headers.items()},
             body=self._read_body(), service="", operation="")
         _classify(request)
-        proxy = self.server.proxy
-        rule = proxy._decide(request)
-        action = rule.action if rule else None
+        rule = self.server.proxy._decide(request)
+        try:
+            self._act(request, rule.action if rule else None)
+        finally:
+            if len(request.body) > MAX_RECORDED_BODY:
+                request.body = b""  # the record outlives the request; large bodies do not
+
+    def _act(self, request: Request, action: Action | None) -> None:
         if action is None:
             self._forward_and_answer(request)
         elif isinstance(action, Delay):
