@@ -1,0 +1,181 @@
+"""Hostile input: every body is archived byte-faithfully and nothing crashes or blocks a worker.
+
+The corpus holds only what SQS accepts in a body (#x9, #xA, #xD, #x20-#xD7FF, #xE000-#xFFFD,
+#x10000-#x10FFFF, up to 1 MiB). Characters SQS refuses (NUL, ESC, lone surrogates) reach a
+processor the way they do in practice: as JSON escapes inside the text (``"\\u0000"``,
+``"\\ud800"``). Each stored object must be strict UTF-8 JSON whose ``body`` equals the sent body,
+and a normal message sent after the corpus must still flow.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+from invariants import assert_archived_exactly_once, create_queue, send_bodies
+from processes import ProcessorProcess
+from support import cli_env, pipeline_config, queue_counts, unique, wait_for, write_config
+
+MIB = 1024 * 1024
+SQS_ALLOWED = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]+$")
+
+
+def _json_of_size(size: int) -> str:
+    """A JSON object of exactly ``size`` UTF-8 bytes, mixing 1-, 2-, 3- and 4-byte characters."""
+    head, tail = '{"text": "', '"}'
+    unit = "aé€😀"  # 1 + 2 + 3 + 4 bytes
+    room = size - len(head) - len(tail)
+    text = unit * (room // 10)
+    text += "a" * (room - len(text.encode("utf-8")))
+    body = head + text + tail
+    assert len(body.encode("utf-8")) == size
+    return body
+
+
+CORPUS: dict[str, str] = {
+    "one MiB of ASCII": "a" * MIB,
+    "one MiB of 4-byte emoji": "😀" * (MIB // 4),
+    "one MiB of JSON": _json_of_size(MIB),
+    "invalid JSON": '{"unclosed": [1, 2, {"k": ',
+    "NaN and Infinity": '{"value": NaN, "big": Infinity, "small": -Infinity}',
+    "lone high surrogate escape": '{"s": "\\ud800"}',
+    "lone low surrogate escape": '{"s": "\\udfff tail", "t": ["\\udbff"]}',
+    "NUL and ANSI escapes": '{"nul": "a\\u0000b", "ansi": "\\u001b[31mred\\u001b[0m\\u0007"}',
+    "byte-order mark": '\ufeff{"bom": true}',
+    "10,000-level array nesting": "[" * 10_000 + "]" * 10_000,
+    "10,000-level object nesting": '{"a":' * 10_000 + "1" + "}" * 10_000,
+    "5,000-digit integer": "1" + "0" * 4_999,
+    "5,000-digit negative integer in JSON": '{"n": -' + "9" * 5_000 + "}",
+    "integer beyond 64 bits": '{"n": 18446744073709551616}',
+    "emoji sequences": '{"e": "👩‍👩‍👧‍👦 🏳️‍🌈 🇺🇦 👍🏽"}',
+    "RTL and bidi overrides": "\u202etxt.exe\u202c \u2067isolate\u2069 \u200f\u061c",
+    "8-bit CSI and C1 controls": "\u009b31mred\u009b0m \u0085 \u008d",
+    "line and paragraph separators": "one\u2028two\u2029three",
+    "tabs, CR and LF": "line1\r\nline2\ttab\rlone CR\n",
+    "noncharacters and replacement": "\ufdd0\ufdef\ufffd",
+    "highest code points": "\U0010ffff\U000e0001\U0001f600",
+    "quotes and backslashes": 'a"b\\c\\\\"\\u0041',
+    "duplicate JSON keys": '{"a": 1, "a": 2}',
+    "markup": "<script>alert(1)</script>&amp;]]>",
+    "a single space": " ",
+}
+
+# Bodies the json_parse transform must not turn into parsed_body (README: strict RFC 8259).
+NOT_JSON = {"invalid JSON", "NaN and Infinity", "lone high surrogate escape",
+            "lone low surrogate escape", "byte-order mark", "10,000-level array nesting",
+            "10,000-level object nesting", "5,000-digit integer",
+            "5,000-digit negative integer in JSON"}
+
+BINARY = bytes(range(256))
+ATTRIBUTES = {
+    "binary": {"DataType": "Binary", "BinaryValue": BINARY},
+    "text": {"DataType": "String", "StringValue": "😀 \u202e ab\u0085"},
+    "number": {"DataType": "Number", "StringValue": "-1.5e-7"},
+    "custom": {"DataType": "Binary.gzip", "BinaryValue": b"\x1f\x8b\x00\xff"},
+}
+
+
+def test_the_corpus_only_uses_what_sqs_accepts():
+    for name, body in CORPUS.items():
+        assert SQS_ALLOWED.match(body), f"{name}: SQS would reject this body"
+        assert len(body.encode("utf-8")) <= MIB, f"{name}: over the SQS size limit"
+
+
+def _send_corpus(sqs, queue_url: str) -> dict[str, str]:
+    """Every corpus body once with the hostile attributes, once without; returns id -> body."""
+    sent = send_bodies(sqs, queue_url, CORPUS.values(), attributes=ATTRIBUTES)
+    sent.update(send_bodies(sqs, queue_url, CORPUS.values()))
+    return sent
+
+
+@pytest.mark.timeout(90)
+def test_hostile_bodies_and_attributes_are_archived_byte_faithfully(
+    sqs, s3, bucket, run_pipeline
+):
+    queue_url, _ = create_queue(sqs, unique("q"), visibility_timeout=30)
+    sent = _send_corpus(sqs, queue_url)
+
+    with run_pipeline(pipeline_config(queue_url, bucket)) as running:
+        wait_for(lambda: running.stats["processed"] == len(sent), timeout=60,
+                 message="the corpus processed")
+        # The pipeline is not blocked: an ordinary message still flows.
+        sent.update(send_bodies(sqs, queue_url, ['{"after": "the corpus"}']))
+        wait_for(lambda: running.stats["processed"] == len(sent), timeout=20,
+                 message="a normal message after the corpus")
+        assert running.runner.liveness()[0]
+        assert running.stop() == 0
+
+    stats = running.stats
+    assert stats["failed"] == 0 and stats["written"] == len(sent)
+    stored = assert_archived_exactly_once(s3, sqs, bucket, queue_url, sent)
+
+    names = {body: name for name, body in CORPUS.items()}
+    for message_id, document in stored.items():
+        body = sent[message_id]
+        name = names.get(body, "normal")
+        if name in NOT_JSON:
+            assert "parsed_body" not in document, f"{name}: parsed_body from a non-JSON body"
+        if "parsed_body" in document:
+            assert document["parsed_body"] == orjson.loads(body), name
+        attributes = document["message_attributes"]
+        if attributes:
+            assert base64.b64decode(attributes["binary"]["BinaryValue"]) == BINARY
+            assert attributes["binary"]["DataType"] == "Binary"
+            assert attributes["text"] == {"DataType": "String",
+                                          "StringValue": ATTRIBUTES["text"]["StringValue"]}
+            assert attributes["number"] == {"DataType": "Number", "StringValue": "-1.5e-7"}
+            assert base64.b64decode(attributes["custom"]["BinaryValue"]) == b"\x1f\x8b\x00\xff"
+    escaped = next(d for mid, d in stored.items()
+                   if sent[mid] == CORPUS["NUL and ANSI escapes"])
+    assert escaped["parsed_body"] == {"nul": "a\x00b", "ansi": "\x1b[31mred\x1b[0m\x07"}
+    with_attributes = [d for d in stored.values() if d["message_attributes"]]
+    assert len(with_attributes) == len(CORPUS)
+
+
+@pytest.fixture
+def child() -> Iterator[list[ProcessorProcess]]:
+    processes: list[ProcessorProcess] = []
+    yield processes
+    for process in processes:
+        process.stop()
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="measures RSS via /proc")
+def test_memory_stays_bounded_while_the_corpus_goes_through_again_and_again(
+    tmp_path, aws_env, sqs, s3, bucket, child
+):
+    # Each round carries about 6 MiB of bodies; the six measured rounds put ~36 MiB through
+    # (several times that in documents and encodings), so a processor that kept anything per
+    # message would grow by far more than the bound. To keep allocator noise small and
+    # measurable, the child runs two workers and glibc keeps two malloc arenas
+    # (MALLOC_ARENA_MAX); the floor of the last samples is compared with the warm-up's peak,
+    # so a freed-but-cached peak does not count as growth.
+    warm, measured, bound = 2, 6, 32 * MIB
+    corpus = [*CORPUS.values(), *("bcd"[i] * MIB for i in range(3))]
+    queue_url, _ = create_queue(sqs, unique("q"), visibility_timeout=30)
+    config = write_config(tmp_path, pipeline_config(queue_url, bucket,
+                                                    service={"workers": 2, "max_in_flight": 10}))
+    process = ProcessorProcess(config, cli_env(aws_env, MALLOC_ARENA_MAX="2"), "memory")
+    child.append(process)
+    process.wait_event("started", timeout=30)
+
+    sent: dict[str, str] = {}
+    samples = []
+    for round_number in range(warm + measured):
+        sent.update(send_bodies(sqs, queue_url, corpus))
+        wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), timeout=30,
+                 message=f"round {round_number} processed")
+        samples.append(process.rss_bytes())
+    process.terminate()
+    assert process.finish() == 0
+
+    growth = min(samples[-3:]) - max(samples[:warm])
+    assert growth < bound, f"RSS grew by {growth / MIB:.1f} MiB over {measured} rounds " \
+                           f"(samples in MiB: {[round(s / MIB) for s in samples]})"
+    assert process.wait_event("stopped")["failed"] == 0
+    assert_archived_exactly_once(s3, sqs, bucket, queue_url, sent)
