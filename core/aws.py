@@ -45,7 +45,7 @@ class AwsClients:
             max_pool_connections=max_pool_connections,
             connect_timeout=connect_timeout,
             read_timeout=read_timeout,
-            retries={"mode": "standard", "max_attempts": max_attempts},
+            retries={"mode": "standard", "total_max_attempts": max_attempts},
             user_agent_extra="sqs-processor",
         )
         self._clients: dict[str, Any] = {}

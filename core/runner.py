@@ -57,7 +57,7 @@ ACK_ATTEMPTS = 3
 BACKOFF_START_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 60.0
 MAX_VISIBILITY_SECONDS = 43200  # SQS: a message can stay hidden at most 12 hours in all
-HEARTBEAT_MARGIN = 0.5  # extend when less than this share of the visibility timeout is left
+HEARTBEAT_MARGIN = 0.6  # extend when less than this share of the visibility timeout is left
 SYSTEM_RETRIES_BEFORE_BLAME = 3  # system failures of one message while others succeed
 OBSERVER_HOOKS = (
     "sqs_processor_startup",
@@ -217,7 +217,7 @@ class Runner:
         visibility = reader() if callable(reader) else None
         if self._batcher is not None:
             age = self._batcher.policy.max_age
-            if visibility and not self.heartbeat_enabled and age >= visibility * HEARTBEAT_MARGIN:
+            if visibility and not self.heartbeat_enabled and age >= visibility * 0.5:
                 log.error("could not start: the sink's batch max_age_seconds (%g) is not below "
                           "half the visibility timeout (%gs) and service.heartbeat is off, so "
                           "waiting messages would be redelivered; turn the heartbeat on or "
@@ -519,7 +519,7 @@ class Runner:
             "failed_at": datetime.now(UTC).isoformat(),
             "body": message.body,
             "attributes": dict(message.attributes),
-            "message_attributes": dict(message.message_attributes),
+            "message_attributes": {k: dict(v) for k, v in message.message_attributes.items()},
         }
         try:
             with self.tracer.start_as_current_span("write error sink",
@@ -703,7 +703,7 @@ class Runner:
 
     def _heartbeat_loop(self) -> None:
         visibility = self._visibility or 0.0
-        tick = min(max(visibility / 4, 0.1), 10.0)
+        tick = heartbeat_tick(visibility)
         while not self._heartbeat_stop.wait(tick):
             try:
                 self._heartbeat(visibility)
@@ -961,9 +961,15 @@ class _TracedSink:
         return written
 
 
+def heartbeat_tick(visibility: float) -> float:
+    """How often the heartbeat looks at in-flight messages: six times per visibility timeout
+    (10 s at most), so an extension has 0.6 - 1/6 of the timeout to complete."""
+    return min(max(visibility / 6, 0.1), 10.0)
+
+
 def tick_margin(visibility: float) -> float:
     """Time a retryable extension failure may wait for the next heartbeat tick."""
-    return min(max(visibility / 4, 0.1), 10.0) + 1.0
+    return heartbeat_tick(visibility) + 1.0
 
 
 def _location_attributes(location: str, created: bool) -> dict[str, Any]:

@@ -88,7 +88,6 @@ def test_without_an_error_sink_failing_messages_reach_the_dlq_and_the_rest_flow(
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, reason="needs the error sink (issue 4)")
 def test_failing_messages_go_to_the_error_sink_after_the_receive_limit_and_the_rest_flow(
     tmp_path, sqs, s3, bucket, run_pipeline
 ):
@@ -135,7 +134,6 @@ def test_failing_messages_go_to_the_error_sink_after_the_receive_limit_and_the_r
 
 
 @pytest.mark.timeout(90)
-@pytest.mark.xfail(strict=True, reason="needs the errors config section (issue 4)")
 def test_with_error_sink_none_failing_messages_are_left_to_the_redrive_policy(
     tmp_path, sqs, s3, bucket, run_pipeline
 ):

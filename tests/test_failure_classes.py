@@ -32,7 +32,7 @@ def step(record):
     if "poison" in record.message.body:
         raise ValueError("cannot handle " + record.message.message_id)
     if "slow" in record.message.body:
-        time.sleep(3.5)
+        time.sleep(4.5)
     return record
 
 
@@ -126,7 +126,7 @@ def test_without_an_error_sink_poison_stays_for_the_redrive_policy(tmp_path, sqs
 
 def test_heartbeat_keeps_slow_work_to_one_delivery(tmp_path, sqs, s3, bucket, run_pipeline):
     queue_url = sqs.create_queue(QueueName=unique("q"),
-                                 Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
+                                 Attributes={"VisibilityTimeout": "2"})["QueueUrl"]
     folder = dropin_folder(tmp_path, flaky=FLAKY)
     config = pipeline_config(queue_url, bucket, plugin_paths=[str(folder)],
                              transforms=["flaky", "enrich"])
@@ -136,7 +136,7 @@ def test_heartbeat_keeps_slow_work_to_one_delivery(tmp_path, sqs, s3, bucket, ru
         wait_for(lambda: running.stats["processed"] == 3, timeout=30)
         time.sleep(1.5)  # a redelivery would show up now
         stats = running.stats
-    assert stats["received"] == 3  # 3.5 s of work against a 1 s visibility timeout
+    assert stats["received"] == 3  # 4.5 s of work against a 2 s visibility timeout
     assert stats["existing"] == 0
     documents = stored_objects(s3, bucket).values()
     assert sorted(d["message_id"] for d in documents) == sorted(ids)

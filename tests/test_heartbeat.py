@@ -64,7 +64,6 @@ def slow_pipeline(tmp_path, proxy, queue_url, bucket, seconds, **sections: Any):
         transforms=["json_parse", {"type": "slow", "seconds": seconds}, "enrich"], **sections)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the visibility heartbeat (issue 4)")
 @pytest.mark.parametrize(("queue_timeout", "receive_timeout"), [(2, None), (30, 2)],
                          ids=["queue-visibility-timeout", "set-on-receive"])
 def test_processing_three_times_the_visibility_timeout_keeps_a_single_delivery(
@@ -95,7 +94,6 @@ def test_processing_three_times_the_visibility_timeout_keeps_a_single_delivery(
     assert all(0 < timeout <= TWELVE_HOURS for _, timeout in extended)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the visibility heartbeat (issue 4)")
 def test_a_failed_extension_is_logged_and_neither_crashes_nor_loops(
     tmp_path, sqs, s3, bucket, proxy, run_pipeline, caplog
 ):

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faultproxy import Delay, DelayResponse, DropAfterForward, FaultProxy
+from faultproxy import Delay, DelayResponse, DropAfterForward, FailEntries, FaultProxy
 from invariants import Producer, assert_archived_exactly_once, create_queue
 from processes import ProcessorProcess
 from support import cli_env, pipeline_config, queue_counts, unique, wait_for, write_config
@@ -43,7 +43,12 @@ def test_three_replicas_on_one_queue_store_every_message_exactly_once(
     queue_url, _ = create_queue(sqs, unique("q"), visibility_timeout=2)
     proxy.add(Delay(0.5), operation="PutObject", probability=0.1)
     proxy.add(DropAfterForward(), operation="PutObject", probability=0.03)
-    proxy.add(DelayResponse(2.5), operation="DeleteMessageBatch", probability=0.15)
+    # Deletes refused for good: those messages come back after the visibility timeout, to any
+    # replica, which must find them already stored. (A delayed delete answer no longer causes
+    # a redelivery: the heartbeat keeps the message hidden while its delete is pending.)
+    proxy.add(FailEntries("ReceiptHandleIsInvalid", sender_fault=True),
+              operation="DeleteMessageBatch", probability=0.15)
+    proxy.add(DelayResponse(1.0), operation="DeleteMessageBatch", probability=0.1)
     config = write_config(tmp_path, pipeline_config(
         queue_url, bucket, aws={"endpoint_url": proxy.url},
         service={"workers": 4, "max_in_flight": 20}))
