@@ -610,3 +610,25 @@ def test_deploy_to_another_registry_needs_no_aws_cli(deploy_env, tmp_path):
     assert "+ docker push registry.example.test:5000/team/sqs-processor:7" in result.stdout
     assert "ecr" not in result.stdout
     assert not log.exists()
+
+
+# --------------------------------------------------------------------------------------------
+# The README's deployment section
+# --------------------------------------------------------------------------------------------
+
+
+def test_the_readme_deployment_section_names_real_files_and_the_shipped_resources():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Deploying to Kubernetes"):]
+    section = section[:section.index("\n## ", 3)]
+    paths = set(re.findall(r"`((?:k8s|tests)/[\w./-]+?)/?`", section))
+    assert len(paths) > 10
+    for path in paths:
+        assert (ROOT / path).exists(), f"the README names {path}, which does not exist"
+    resources = container(processor(render(K8S)), "sqs-processor")["resources"]
+    assert (f"Requests `{resources['requests']['cpu']}` CPU / `{resources['requests']['memory']}`"
+            f", limits `{resources['limits']['cpu']}` / `{resources['limits']['memory']}`"
+            in section)
+    grace = processor(render(K8S))["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert f"`terminationGracePeriodSeconds: {grace}`" in section
+    assert "kubectl -n sqs-processor port-forward svc/jaeger 16686:16686" in section
