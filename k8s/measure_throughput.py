@@ -98,7 +98,7 @@ ack: {{type: sqs_delete}}
          "from sqs_processor.cli import main; sys.exit(main(sys.argv[1:]))",
          "--log-format", "json", "run", "--config", str(config)],
         env=env, stdout=log, stderr=log)
-    while open(f"/proc/{processor.pid}/stat").read().split()[2] != "T":
+    while Path(f"/proc/{processor.pid}/stat").read_text().split()[2] != "T":
         time.sleep(0.01)
     if group:
         (group / "cgroup.procs").write_text(str(processor.pid))
@@ -119,13 +119,13 @@ ack: {{type: sqs_delete}}
     time.sleep(args.warmup)
 
     def cpu_seconds() -> float:
-        fields = open(f"/proc/{processor.pid}/stat").read().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{processor.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     count0, cpu0, t0 = processed(), cpu_seconds(), time.monotonic()
     time.sleep(args.seconds)
     count1, cpu1, t1 = processed(), cpu_seconds(), time.monotonic()
-    status = open(f"/proc/{processor.pid}/status").read()
+    status = Path(f"/proc/{processor.pid}/status").read_text()
     peak_kib = int(next(line.split()[1] for line in status.splitlines()
                         if line.startswith("VmHWM")))
     processor.terminate()
