@@ -18,7 +18,7 @@ from typing import Any
 
 import boto3
 import pytest
-from support import REGION, RunningPipeline, pipeline_config, stored_objects, wait_for
+from support import REGION, RunningPipeline, pipeline_config, stored_objects, unique, wait_for
 from support import write_config as write_yaml
 from test_k8s_manifests import K8S, one, processor, render
 
@@ -154,17 +154,18 @@ def default_run(tmp_path_factory, emulator):
     try:
         sqs = boto3.client("sqs", region_name=REGION)
         s3 = boto3.client("s3", region_name=REGION)
-        queue_url = sqs.create_queue(QueueName="iam-default")["QueueUrl"]
-        s3.create_bucket(Bucket="iam-default")
+        queue_url = sqs.create_queue(QueueName=unique("iam"))["QueueUrl"]
+        bucket = unique("iam")
+        s3.create_bucket(Bucket=bucket)
         plugins = tmp_path / "plugins"
         plugins.mkdir()
         (plugins / "hold.py").write_text(HOLD_PLUGIN.format(folder=str(tmp_path)))
-        config = pipeline_config(queue_url, "iam-default", plugin_paths=[str(plugins)],
+        config = pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
                                  transforms=["json_parse", "enrich", "hold"],
                                  service={"health_port": 0, "health_host": "127.0.0.1",
                                           "shutdown_grace_seconds": 0.5})
         recorder, running = _run(tmp_path, config, ['{"a": 1}', "plain", "hold"], hold=True)
-        yield recorder, running, stored_objects(s3, "iam-default"), config
+        yield recorder, running, stored_objects(s3, bucket), config
     finally:
         mp.undo()
 
