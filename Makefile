@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint validate send list clean
+.PHONY: run test lint validate docs send list clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -21,11 +21,11 @@ run: $(STAMP)
 
 ## test: the whole suite (moto server over real HTTP), plus lint
 test: $(STAMP)
-	$(BIN)/ruff check core plugins tests
+	$(BIN)/ruff check core plugins configs tests
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check core plugins tests
+	$(BIN)/ruff check core plugins configs tests
 
 ## validate: check every shipped config
 validate: $(STAMP)
@@ -35,6 +35,10 @@ validate: $(STAMP)
 	  SQS_QUEUE_URL=https://sqs.us-west-1.amazonaws.com/123456789012/example \
 	  S3_BUCKET_NAME=example-bucket $(BIN)/sqs-processor validate --config $$f || exit 1; \
 	done
+
+## docs: regenerate the README's configuration reference from the option declarations
+docs: $(STAMP)
+	$(BIN)/python -m sqs_processor.docs README.md
 
 ## send BODY='...': send one message to the local queue while `make run` runs
 send: $(STAMP)

@@ -13,6 +13,7 @@ creating clients is not thread-safe, using them is.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -48,7 +49,16 @@ class AwsClients:
             user_agent_extra="sqs-processor",
         )
         self._clients: dict[str, Any] = {}
+        self._hooks: list[Callable[[str, Any], None]] = []
         self._lock = threading.Lock()
+
+    def add_client_hook(self, hook: Callable[[str, Any], None]) -> None:
+        """Call ``hook(service, client)`` for every real client, now and when one is created."""
+        with self._lock:
+            self._hooks.append(hook)
+            created = [(s, c) for s, c in self._clients.items() if c is not None]
+        for service, client in created:
+            hook(service, client)
 
     def client(self, service: str) -> Any:
         """The shared client for ``service`` ("sqs", "s3", ...), created when first used."""
@@ -66,6 +76,8 @@ class AwsClients:
                     kwargs["endpoint_url"] = self.endpoint_url
                 client = self._session.client(service, **kwargs)
                 self._clients[service] = client
+                for hook in self._hooks:
+                    hook(service, client)
             return client
 
     def connect(self) -> None:

@@ -1,4 +1,4 @@
-"""The ``sqs-processor`` command: ``run``, ``validate`` and ``plugins``.
+"""The ``sqs-processor`` command: ``run``, ``validate`` and ``plugins`` (``--describe NAME``).
 
 Exit codes: 0 success (including a graceful stop on SIGTERM/SIGINT), 2 a configuration error
 (one line on stderr naming the key, the value and what was expected; no traceback), 1 a failure
@@ -21,9 +21,12 @@ from sqs_processor.config import load_config, load_plugin_settings
 from sqs_processor.errors import ConfigError
 from sqs_processor.health import HealthServer
 from sqs_processor.logs import LEVELS, configure
-from sqs_processor.manager import KIND_LABELS, build_plugin_manager
+from sqs_processor.manager import KIND_LABELS, Component, PluginManager, build_plugin_manager
+from sqs_processor.options import suggest
 from sqs_processor.pipeline import Pipeline, build_pipeline
-from sqs_processor.runner import Runner
+from sqs_processor.records import normalise_name
+from sqs_processor.reload import Supervisor
+from sqs_processor.telemetry import Telemetry, TelemetrySettings, resolve_settings
 
 log = logging.getLogger("sqs_processor.cli")
 
@@ -54,8 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("validate", parents=[common, with_config],
                         help="check the config and that every component resolves; print the "
                              "pipeline")
-    commands.add_parser("plugins", parents=[common, with_config],
-                        help="list every available component and where it comes from")
+    plugins = commands.add_parser(
+        "plugins", parents=[common, with_config],
+        help="list every component, the plugin that provides it, and plugins not loaded")
+    plugins.add_argument("--describe", metavar="NAME", default=None,
+                         help="print the options of the component NAME")
     return parser
 
 
@@ -71,66 +77,137 @@ def _load(args: argparse.Namespace) -> Pipeline:
     return build_pipeline(config, build_plugin_manager(config.plugin_settings))
 
 
+def _telemetry_settings(pipeline: Pipeline) -> TelemetrySettings:
+    try:
+        return resolve_settings(pipeline.config.telemetry)
+    except ConfigError as exc:
+        raise pipeline.config.explain(exc) from None
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     pipeline = _load(args)
+    settings = _telemetry_settings(pipeline)
     print(pipeline.describe())
+    print(f"telemetry: {settings.describe()}")
     print("config is valid")
     return 0
 
 
+def _table(rows: Sequence[Sequence[str]], indent: str = "") -> list[str]:
+    """Left-aligned columns; the last column is not padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    return [indent + "  ".join([*(cell.ljust(w) for cell, w in zip(row, widths, strict=False)),
+                                row[-1]]).rstrip() for row in rows]
+
+
 def cmd_plugins(args: argparse.Namespace) -> int:
-    path = _config_path(args)
-    settings = load_plugin_settings(path) if path is not None else None
-    manager = build_plugin_manager(settings)
-    rows = [(KIND_LABELS[c.kind], c.name, str(c.provider), c.spec.description)
-            for c in manager.all_components()]
-    widths = [max(len(r[i]) for r in rows) for i in range(3)] if rows else [0, 0, 0]
-    header = ("KIND", "NAME", "PROVIDER", "DESCRIPTION")
-    widths = [max(w, len(h)) for w, h in zip(widths, header, strict=False)]
-    for row in (header, *rows):
-        print("  ".join(cell.ljust(widths[i]) if i < 3 else cell for i, cell in enumerate(row)))
-    for broken in manager.broken:
-        print(f"broken: {broken}")
+    manager = build_plugin_manager(load_plugin_settings(_config_path(args)))
+    if args.describe is not None:
+        return _describe(manager, args.describe)
+    rows: list[tuple[str, ...]] = [("KIND", "NAME", "STATUS", "PROVIDER", "DESCRIPTION")]
+    rows += [(KIND_LABELS[c.kind], c.name, "ok", str(c.provider), c.spec.description)
+             for c in manager.all_components()]
+    rows += [("plugin", s.provider.name, s.status, str(s.provider), s.reason)
+             for s in manager.skipped]
+    rows += [("plugin", b.provider.name, "broken", str(b.provider), b.error)
+             for b in manager.broken]
+    for line in _table(rows):
+        print(line)
+    for warning in manager.unmatched:
+        print(f"warning: {warning}")
     return 0
+
+
+def _describe(manager: PluginManager, name: str) -> int:
+    try:
+        key = normalise_name(name)
+    except (TypeError, ValueError):
+        key = name
+    found = [c for c in manager.all_components() if c.name == key]
+    if not found:
+        hint = suggest(key, sorted({c.name for c in manager.all_components()}))
+        message = f"sqs-processor: no component is named {name!r}{hint}"
+        if manager.skipped:  # the component may be one of theirs
+            message += "; plugins not loaded: " + "; ".join(map(str, manager.skipped))
+        print(message, file=sys.stderr)
+        return EXIT_CONFIG
+    for i, component in enumerate(found):
+        if i:
+            print()
+        print(describe_component(component))
+    return 0
+
+
+def describe_component(component: Component) -> str:
+    """A component, its provider and its options, as ``plugins --describe`` prints them."""
+    lines = [f"{KIND_LABELS[component.kind]} {component.name}",
+             f"  provider: {component.provider}"]
+    if component.spec.description:
+        lines.append(f"  {component.spec.description}")
+    options = component.spec.options
+    if not options:
+        lines.append("  options: none")
+        return "\n".join(lines)
+    lines.append("")
+    rows = [("OPTION", "TYPE", "DEFAULT", "ALLOWED", "DESCRIPTION")]
+    rows += [(o.name, o.type_label(), o.default_label(), o.allowed_label(), o.description)
+             for o in options]
+    lines += _table(rows, indent="  ")
+    return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     pipeline = _load(args)
-    runner = Runner(pipeline)
-    service = pipeline.config.service
+    telemetry = Telemetry(_telemetry_settings(pipeline))
     try:
-        health = HealthServer(runner, service["health_host"], service["health_port"])
+        return _run(args, pipeline, telemetry)
+    finally:
+        telemetry.shutdown()
+
+
+def _run(args: argparse.Namespace, pipeline: Pipeline, telemetry: Telemetry) -> int:
+    service = pipeline.config.service
+    supervisor = Supervisor(pipeline, telemetry, lambda: _load(args),
+                            watch=service["reload_on_change"])
+    try:
+        health = HealthServer(supervisor, service["health_host"], service["health_port"])
     except OSError as exc:
         print(f"sqs-processor: cannot serve health checks on {service['health_host']}:"
               f"{service['health_port']}: {exc.strerror or exc}", file=sys.stderr)
         return 1
-    _install_signal_handlers(runner)
+    _install_signal_handlers(supervisor)
     health.start()
-    log.info("health server listening on %s:%d (/health, /healthz, /readyz)",
+    log.info("health server listening on %s:%d (/health, /healthz, /readyz, /metrics)",
              service["health_host"], health.port, extra={"event": "health_listening",
                                                          "port": health.port})
+    log.info("telemetry: %s", telemetry.settings.describe(), extra={"event": "telemetry"})
     try:
-        return runner.run()
+        return supervisor.run()
     finally:
         health.stop()
 
 
-def _install_signal_handlers(runner: Runner) -> None:
+def _install_signal_handlers(supervisor: Supervisor) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
 
     def handle(signum: int, _frame: object) -> None:
         name = signal.Signals(signum).name
-        if runner.stopping:
+        if supervisor.stopping:
             log.warning("%s again: exiting now; unfinished messages return to the queue after "
                         "their visibility timeout", name, extra={"event": "forced_exit"})
             logging.shutdown()
             os._exit(128 + signum)
         log.info("%s received: shutting down gracefully", name, extra={"event": "signal"})
-        runner.stop()
+        supervisor.stop()
+
+    def reload(signum: int, _frame: object) -> None:
+        log.info("SIGHUP received: reloading the pipeline", extra={"event": "signal"})
+        supervisor.request_reload()
 
     signal.signal(signal.SIGTERM, handle)
     signal.signal(signal.SIGINT, handle)
+    signal.signal(signal.SIGHUP, reload)
 
 
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins}

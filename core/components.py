@@ -28,6 +28,10 @@ class Source:
     * ``release(messages)`` gives messages back for immediate redelivery (used on shutdown for
       work that did not finish). Best effort: a message it cannot release comes back anyway when
       its visibility timeout expires.
+    * ``visibility_timeout()`` is how long a received message stays hidden, in seconds (None: no
+      such limit, no heartbeat). While a message is in flight the runner calls
+      ``extend(messages, seconds)`` (from its heartbeat thread) before that time runs out; it
+      returns the messages it could not extend, as :class:`AckFailure` entries.
     * Nothing is guaranteed to be called after a SIGKILL: messages that were in flight simply
       reappear after their visibility timeout. That is why delivery is at-least-once.
     """
@@ -45,6 +49,14 @@ class Source:
 
     def release(self, messages: Sequence[Message]) -> None:
         """Make ``messages`` visible again at once. Default: do nothing and let them time out."""
+
+    def visibility_timeout(self) -> float | None:
+        """Seconds a received message stays hidden; None when the source has no such limit."""
+        return None
+
+    def extend(self, messages: Sequence[Message], seconds: int) -> list[AckFailure]:
+        """Keep ``messages`` hidden for another ``seconds`` from now. Default: nothing to do."""
+        return []
 
     def close(self) -> None:
         """Release clients and threads. Called once, after the last receive."""

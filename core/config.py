@@ -2,7 +2,9 @@
 
 The file is parsed (duplicate keys are an error, not a silent overwrite), ``${VAR}`` and
 ``${VAR:-default}`` are replaced from the environment (``$${`` writes a literal ``${``), and the
-engine's own sections (``service``, ``aws``, the plugin lists) are checked here. Component
+engine's own sections (``service``, ``aws``, ``plugins``) are checked here. The ``plugins``
+section says where plugins come from and which may load; the operator's environment can narrow
+it further (:data:`ENV_ALLOW`, :data:`ENV_BLOCK`, :data:`ENV_AUTOLOAD`). Component
 sections (``source``, ``transforms``, ``sink``, ``ack``) are checked against the options their
 plugin declares when the pipeline is built (:mod:`sqs_processor.pipeline`). Nothing here touches
 the network.
@@ -24,6 +26,7 @@ import yaml
 from sqs_processor.errors import ConfigError
 from sqs_processor.options import Option, suggest, validate_options
 from sqs_processor.records import normalise_name
+from sqs_processor.telemetry import TELEMETRY_OPTIONS
 
 DEFAULT_CONFIG_NAME = "default.yaml"
 
@@ -41,6 +44,26 @@ SERVICE_OPTIONS = (
     Option("shutdown_grace_seconds", float, 25.0,
            "After SIGTERM, how long in-flight work may take before the rest is released.",
            minimum=0, maximum=3600),
+    Option("heartbeat", bool, True,
+           "Extend the visibility of in-flight messages before it expires (12-hour cap)."),
+    Option("reload_on_change", bool, True,
+           "Reload the pipeline when the config file or a plugin file changes (SIGHUP always "
+           "reloads)."),
+    Option("system_backoff_max_seconds", float, 60.0,
+           "Longest pause of polling after a system failure (S3 or SQS down, AccessDenied); "
+           "the pause starts at 1 s and doubles.", minimum=1, maximum=3600),
+)
+
+ERRORS_OPTIONS = (
+    Option("after_receives", int, 0,
+           "Hand a message that failed on its own account (a transform raised, the document "
+           "cannot be encoded) to the error sink once its receive count reaches this; 0: never, "
+           "leave it to the queue's redrive policy.", minimum=0, maximum=1000),
+    Option("sink", str, "none",
+           "The error sink: none, or a sink name; the main sink's type reuses its options "
+           "(bucket) with the errors prefix."),
+    Option("prefix", str, "errors/", "Key prefix of error objects (sinks with a prefix)."),
+    Option("options", dict, None, "Options for the error sink, over the inherited ones."),
 )
 
 AWS_OPTIONS = (
@@ -56,10 +79,34 @@ AWS_OPTIONS = (
            minimum=1, maximum=900),
 )
 
-TOP_LEVEL_KEYS = (
-    "service", "aws", "plugin_paths", "plugins", "load_entrypoints",
-    "source", "transforms", "sink", "ack",
+PLUGIN_OPTIONS = (
+    Option("paths", list, [],
+           "Folders of drop-in plugin files: every `*.py` not starting with `_` is loaded. "
+           "Relative paths start at the config file's folder.", items=str),
+    Option("modules", list, [],
+           "Importable plugins, written `package.module` or `package.module:attribute`.",
+           items=str),
+    Option("autoload", bool, True,
+           "Load the plugins of installed distributions (the `sqs_processor` entry-point "
+           "group). `$SQS_PROCESSOR_PLUGINS_AUTOLOAD=false` switches it off too."),
+    Option("allow", list, [],
+           "When not empty, only plugins with one of these names are loaded; built-ins are "
+           "always allowed. `$SQS_PROCESSOR_PLUGINS_ALLOW` (comma-separated) must match too.",
+           items=str),
+    Option("block", list, [],
+           "Plugins never loaded, not even imported: entry-point, distribution, file, module "
+           "or built-in names. `$SQS_PROCESSOR_PLUGINS_BLOCK` (comma-separated) adds to it.",
+           items=str),
 )
+
+ENV_ALLOW = "SQS_PROCESSOR_PLUGINS_ALLOW"
+ENV_BLOCK = "SQS_PROCESSOR_PLUGINS_BLOCK"
+ENV_AUTOLOAD = "SQS_PROCESSOR_PLUGINS_AUTOLOAD"
+
+TOP_LEVEL_KEYS = ("service", "aws", "plugins", "source", "transforms", "sink", "ack", "errors",
+                  "telemetry")
+LEGACY_PLUGIN_KEYS = ("plugin_paths", "load_entrypoints")
+"""Older spellings of ``plugins.paths`` and ``plugins.autoload``, still read."""
 
 # "$${" is a literal "${"; "${...}" a reference; "${" with no closing brace is an error.
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{[^}]*$")
@@ -92,13 +139,32 @@ class ComponentConfig:
 
 
 @dataclass(frozen=True)
+class NameList:
+    """An allow or block list and where it was written (``plugins.block``, ``$VAR``)."""
+
+    source: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class PluginSettings:
-    """The part of the YAML that says where plugins come from."""
+    """Where plugins come from (the ``plugins`` section) and which of them may load.
+
+    ``plugin_paths`` and ``plugins`` are the YAML's ``plugins.paths`` and ``plugins.modules``;
+    ``load_entrypoints`` is ``plugins.autoload`` and the environment's switch together;
+    ``autoload_off_by`` says which of them turned it off. ``allow`` and ``block`` hold every
+    list that applies, from the YAML and the environment.
+    """
 
     base_dir: Path
     plugin_paths: tuple[Path, ...] = ()
     plugins: tuple[str, ...] = ()
     load_entrypoints: bool = True
+    allow: tuple[NameList, ...] = ()
+    block: tuple[NameList, ...] = ()
+    autoload_off_by: str = field(default="", compare=False)  # what switched autoload off
+    paths_key: str = field(default="plugin_paths", compare=False)  # for error messages
+    modules_key: str = field(default="plugins", compare=False)
 
 
 @dataclass(frozen=True)
@@ -115,6 +181,10 @@ class PipelineConfig:
     ack: ComponentConfig
     plugin_settings: PluginSettings
     env_sources: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    telemetry: Mapping[str, Any] = field(default_factory=dict)
+    errors: Mapping[str, Any] = field(
+        default_factory=lambda: {"after_receives": 0, "sink": "none", "prefix": "errors/",
+                                 "options": None})
 
     def explain(self, error: ConfigError) -> ConfigError:
         """Add the environment variables behind ``error.key`` to the error, if any."""
@@ -274,29 +344,82 @@ def _string_list(raw: Any, where: str) -> list[str]:
 _MODULE_REF = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
 
 
-def _plugin_settings(document: Mapping[str, Any], base_dir: Path) -> PluginSettings:
+def _env_names(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in environ.get(name, "").split(",") if part.strip())
+
+
+def _plugin_settings(document: Mapping[str, Any], base_dir: Path,
+                     environ: Mapping[str, str]) -> PluginSettings:
+    """The ``plugins`` section (or its older spellings) and the environment's plugin controls."""
+    section = document.get("plugins")
+    if isinstance(section, dict):
+        for legacy in LEGACY_PLUGIN_KEYS:
+            if legacy in document:
+                new = "plugins.paths" if legacy == "plugin_paths" else "plugins.autoload"
+                raise ConfigError(legacy, f"is the older spelling of {new}; with a plugins: "
+                                          f"mapping, write {new} instead")
+        values = validate_options(PLUGIN_OPTIONS, section, "plugins")
+        prefix = "plugins."
+    elif section is None or isinstance(section, list):
+        # Older layout: plugin_paths, plugins (a list of modules), load_entrypoints.
+        values = {
+            "paths": _string_list(document.get("plugin_paths"), "plugin_paths"),
+            "modules": _string_list(section, "plugins"),
+            "autoload": Option("load_entrypoints", bool, True).convert(
+                document.get("load_entrypoints", True), "load_entrypoints"),
+            "allow": [], "block": [],
+        }
+        prefix = ""
+    else:
+        raise ConfigError("plugins", "has the wrong type", value=section,
+                          expected="a mapping with paths, modules, autoload, allow, block")
+    paths_key = f"{prefix}paths" if prefix else "plugin_paths"
+    modules_key = f"{prefix}modules" if prefix else "plugins"
+
     paths = []
-    for i, item in enumerate(_string_list(document.get("plugin_paths"), "plugin_paths")):
+    for i, item in enumerate(values["paths"]):
+        item = item.strip()
+        if not item:
+            raise ConfigError(f"{paths_key}[{i}]", "is empty", expected="a folder")
         path = Path(item).expanduser()
         paths.append(path if path.is_absolute() else (base_dir / path))
         if not paths[-1].is_dir():
-            raise ConfigError(f"plugin_paths[{i}]", "is not a directory", value=item,
+            raise ConfigError(f"{paths_key}[{i}]", "is not a directory", value=item,
                               expected="a folder of plugin .py files (relative paths start "
                                        "at the config file's folder)")
-    modules = _string_list(document.get("plugins"), "plugins")
+    modules = [ref.strip() for ref in values["modules"]]
     for i, ref in enumerate(modules):
         if not _MODULE_REF.match(ref):
-            raise ConfigError(f"plugins[{i}]", "is not a module reference", value=ref,
+            raise ConfigError(f"{modules_key}[{i}]", "is not a module reference", value=ref,
                               expected="'package.module' or 'package.module:attribute'")
-    autoload = Option("load_entrypoints", bool, True).convert(
-        document.get("load_entrypoints", True), "load_entrypoints")
+
+    allow: list[NameList] = []
+    block: list[NameList] = []
+    for target, key, env_name in ((allow, "allow", ENV_ALLOW), (block, "block", ENV_BLOCK)):
+        names = []
+        for i, name in enumerate(values[key]):
+            if not name.strip():
+                raise ConfigError(f"plugins.{key}[{i}]", "is empty", expected="a plugin name")
+            names.append(name.strip())
+        if names:
+            target.append(NameList(f"plugins.{key}", tuple(names)))
+        from_env = _env_names(environ, env_name)
+        if from_env:
+            target.append(NameList(f"${env_name}", from_env))
+
+    autoload = values["autoload"]
+    off_by = "" if autoload else ("plugins.autoload" if prefix else "load_entrypoints")
+    raw_switch = environ.get(ENV_AUTOLOAD, "").strip()
+    if raw_switch and not Option("autoload", bool).convert(raw_switch, f"${ENV_AUTOLOAD}"):
+        autoload, off_by = False, off_by or f"${ENV_AUTOLOAD}"
     return PluginSettings(base_dir=base_dir, plugin_paths=tuple(paths), plugins=tuple(modules),
-                          load_entrypoints=autoload)
+                          load_entrypoints=autoload, allow=tuple(allow), block=tuple(block),
+                          autoload_off_by=off_by, paths_key=paths_key, modules_key=modules_key)
 
 
 def _check_top_level(document: Mapping[str, Any]) -> None:
     for key in document:
-        if key not in TOP_LEVEL_KEYS:
+        if key not in TOP_LEVEL_KEYS and key not in LEGACY_PLUGIN_KEYS:
             hint = suggest(str(key), TOP_LEVEL_KEYS) or "; known sections: " + ", ".join(
                 TOP_LEVEL_KEYS)
             raise ConfigError(str(key), f"is not a section of the pipeline config{hint}")
@@ -312,18 +435,23 @@ def _check_endpoint(value: str | None, key: str) -> None:
 
 def _resolve(path: Path | None) -> tuple[Path, Path]:
     path = default_config_path() if path is None else Path(path)
-    return path, path.resolve().parent
+    # Not resolve(): a ConfigMap mounts the file as a symlink into a timestamped folder that an
+    # update replaces; relative plugin paths must stay next to the name the operator gave.
+    return path, Path(os.path.abspath(path)).parent
 
 
 def load_plugin_settings(path: Path | None = None,
                          environ: Mapping[str, str] | None = None) -> PluginSettings:
-    """Read only where plugins come from (for ``sqs-processor plugins``)."""
+    """Read only where plugins come from and which may load (for ``sqs-processor plugins``)."""
     path, base_dir = _resolve(path)
     document = read_document(path)
     environ = os.environ if environ is None else environ
-    subset = {k: document[k] for k in ("plugin_paths", "plugins", "load_entrypoints")
-              if k in document}
-    return _plugin_settings(interpolate(subset, "", environ, {}), base_dir)
+    subset = {k: document[k] for k in ("plugins", *LEGACY_PLUGIN_KEYS) if k in document}
+    env_sources: dict[str, tuple[str, ...]] = {}
+    try:
+        return _plugin_settings(interpolate(subset, "", environ, env_sources), base_dir, environ)
+    except ConfigError as exc:
+        raise _explain(exc, env_sources) from None
 
 
 def load_config(
@@ -334,17 +462,38 @@ def load_config(
     Raises :class:`ConfigError` for the first problem found.
     """
     path, base_dir = _resolve(path)
-    raw = read_document(path)
+    return parse_config(read_document(path), path=path, base_dir=base_dir, environ=environ)
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    *,
+    path: Path | None = None,
+    base_dir: Path,
+    environ: Mapping[str, str] | None = None,
+) -> PipelineConfig:
+    """Interpolate and check a pipeline document already read from YAML (or built in code).
+
+    ``base_dir`` is where relative paths start (the config file's folder). Raises
+    :class:`ConfigError` for the first problem found.
+    """
     environ = os.environ if environ is None else environ
     _check_top_level(raw)
     env_sources: dict[str, tuple[str, ...]] = {}
-    document = interpolate(raw, "", environ, env_sources)
+    document = interpolate(dict(raw), "", environ, env_sources)
 
     try:
-        for section in ("service", "aws"):
+        for section in ("service", "aws", "telemetry", "errors"):
             if document.get(section) is not None and not isinstance(document[section], dict):
                 raise ConfigError(section, "must be a mapping", value=document[section])
         service = validate_options(SERVICE_OPTIONS, document.get("service"), "service")
+        telemetry = validate_options(TELEMETRY_OPTIONS, document.get("telemetry"), "telemetry")
+        errors = validate_options(ERRORS_OPTIONS, document.get("errors"), "errors")
+        try:
+            errors["sink"] = normalise_name(errors["sink"])
+        except ValueError as exc:
+            raise ConfigError("errors.sink", str(exc), value=errors["sink"],
+                              expected="none, or the name of a sink") from None
         aws = validate_options(AWS_OPTIONS, document.get("aws"), "aws")
         _check_endpoint(aws["endpoint_url"], "aws.endpoint_url")
         if aws["region"] is not None and not re.match(r"^[a-z]{2}(-[a-z]+)+-\d+$", aws["region"]):
@@ -363,7 +512,7 @@ def load_config(
                            for i, item in enumerate(transforms_raw))
         sink = _component(document["sink"], "sink")
         ack = _component(document["ack"], "ack")
-        plugin_settings = _plugin_settings(document, base_dir)
+        plugin_settings = _plugin_settings(document, base_dir, environ)
     except ConfigError as exc:
         raise _explain(exc, env_sources) from None
 
@@ -378,4 +527,6 @@ def load_config(
         ack=ack,
         plugin_settings=plugin_settings,
         env_sources=env_sources,
+        telemetry=telemetry,
+        errors=errors,
     )

@@ -31,7 +31,8 @@ class ConfigError(Exception):
 
     ``key`` is the dotted path in the YAML (``source.max_messages``), ``value`` the offending
     value as read, ``expected`` what would have been accepted. ``env`` names the environment
-    variables the value was interpolated from, so the user knows where to fix it.
+    variables the value was interpolated from, so the user knows where to fix it; ``plugin``
+    names the plugin (and its file) whose options were being checked, when it is not built in.
     """
 
     def __init__(
@@ -42,19 +43,25 @@ class ConfigError(Exception):
         value: object = _MISSING,
         expected: str | None = None,
         env: tuple[str, ...] = (),
+        plugin: str = "",
     ) -> None:
         self.key = key
         self.problem = problem
         self.value = value
         self.expected = expected
         self.env = tuple(env)
+        self.plugin = plugin
         super().__init__(str(self))
 
     def with_env(self, env: tuple[str, ...]) -> ConfigError:
         """Return a copy that names the environment variables behind the value."""
-        return ConfigError(
-            self.key, self.problem, value=self.value, expected=self.expected, env=env
-        )
+        return ConfigError(self.key, self.problem, value=self.value, expected=self.expected,
+                           env=env, plugin=self.plugin)
+
+    def with_plugin(self, plugin: str) -> ConfigError:
+        """Return a copy that names the plugin whose options were being checked."""
+        return ConfigError(self.key, self.problem, value=self.value, expected=self.expected,
+                           env=self.env, plugin=plugin)
 
     def __str__(self) -> str:
         parts = [f"{self.key}: " if self.key else ""]
@@ -68,12 +75,68 @@ class ConfigError(Exception):
         if self.env:
             names = ", ".join(f"${name}" for name in self.env)
             parts.append(f" (from {names})")
+        if self.plugin:
+            parts.append(f" [{self.plugin}]")
         # Keys and problems can quote user text; control characters must not break the line.
         return escape("".join(parts))
 
 
 class MessageError(Exception):
     """A failure that belongs to one message; that message is left for SQS to redeliver."""
+
+
+class SystemFailure(Exception):
+    """A failure that belongs to the system (storage or a service unreachable or refusing us).
+
+    Raise it from a component to say so explicitly; the runner then pauses polling instead of
+    failing the message. AWS errors are classified without it (:func:`is_system_failure`).
+    """
+
+
+# AWS error codes that say the service, our identity or our configuration is at fault, not the
+# message: retrying the same message elsewhere cannot help, waiting may.
+SYSTEM_ERROR_CODES = frozenset({
+    "AccessDenied", "AccessDeniedException", "AllAccessDisabled", "AccountProblem",
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "ExpiredTokenException",
+    "InvalidToken", "InvalidClientTokenId", "UnrecognizedClientException", "TokenRefreshRequired",
+    "NoSuchBucket", "PermanentRedirect", "InvalidBucketState", "InvalidObjectState",
+    "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist", "KMS.DisabledException",
+    "KMS.KMSInvalidStateException", "KMS.AccessDeniedException", "KMS.NotFoundException",
+    "KMSKeyNotAccessible", "SlowDown", "ServiceUnavailable", "InternalError", "InternalFailure",
+    "RequestTimeout", "RequestTimeoutException", "Throttling", "ThrottlingException",
+    "RequestLimitExceeded", "RequestThrottled", "TooManyRequestsException",
+    "ProvisionedThroughputExceededException", "ServiceUnavailableException",
+})
+
+
+def is_system_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` says the system, not the message, is at fault.
+
+    True for :class:`SystemFailure`, connection and timeout errors below the HTTP layer, missing
+    credentials, AWS errors with a code in :data:`SYSTEM_ERROR_CODES` and any HTTP 5xx or 403.
+    False for :class:`MessageError` and everything else (a bug in a transform, a document that
+    cannot be encoded).
+    """
+    if isinstance(exc, MessageError):
+        return False
+    if isinstance(exc, SystemFailure):
+        return True
+    try:
+        from botocore import exceptions as boto
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return False
+    if isinstance(exc, boto.HTTPClientError | boto.ConnectionError | boto.NoCredentialsError |
+                  boto.PartialCredentialsError | boto.CredentialRetrievalError |
+                  boto.NoRegionError):
+        return True
+    response = getattr(exc, "response", None)
+    if isinstance(response, dict):
+        if error_code(exc) in SYSTEM_ERROR_CODES:
+            return True
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if isinstance(status, int) and (status >= 500 or status == 403):
+            return True
+    return False
 
 
 def error_code(exc: BaseException) -> str:

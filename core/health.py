@@ -6,6 +6,7 @@
   from SQS and the last write to S3 did not fail) and answers 503 naming the failing ones.
 * ``GET /health`` is the original service's endpoint: ``{"status": "healthy", "last_poll": ...,
   "messages_processed": N}``, 200 when both of the above pass, 503 otherwise, with the details.
+* ``GET /metrics`` answers every ``sqs_processor_*`` metric in Prometheus text format.
 
 Checks are cached for :data:`CHECK_CACHE_SECONDS` so frequent probes do not multiply work. One
 check that raises reports itself as failing and never breaks the endpoint. The server answers
@@ -37,6 +38,12 @@ class HealthState:
         self.runner = runner
         self._lock = threading.Lock()
         self._cached: tuple[float, list[dict[str, Any]]] | None = None
+        telemetry = getattr(runner, "telemetry", None)
+        if telemetry is not None:
+            telemetry.metrics.gauge("ready", lambda: 1.0 if self.ready()[0] else 0.0)
+
+    def metrics_text(self) -> str:
+        return self.runner.telemetry.prometheus_text()
 
     def checks(self) -> list[dict[str, Any]]:
         with self._lock:
@@ -64,7 +71,11 @@ class HealthState:
 
     def ready(self) -> tuple[bool, dict[str, Any]]:
         state = self.runner.state
-        checks = self.checks()
+        checks = list(self.checks())
+        paused = getattr(self.runner, "pause_reason", lambda: None)()
+        if paused:
+            checks.append({"name": "system", "ok": False, "plugin": "runner",
+                           "detail": f"polling paused after a system failure: {paused}"})
         ok = state == "running" and all(c["ok"] for c in checks)
         return ok, {"status": "ready" if ok else "not ready", "state": state, "checks": checks}
 
@@ -90,9 +101,13 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         routes = {"/health": self.server.state.health, "/healthz": self.server.state.live,
                   "/readyz": self.server.state.ready}
-        route = routes.get(self.path.split("?", 1)[0])
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._send_metrics()
+            return
+        route = routes.get(path)
         if route is None:
-            self._send(404, {"error": "not found", "endpoints": sorted(routes)})
+            self._send(404, {"error": "not found", "endpoints": sorted([*routes, "/metrics"])})
             return
         try:
             ok, body = route()
@@ -103,10 +118,20 @@ class _Handler(BaseHTTPRequestHandler):
     def do_HEAD(self) -> None:
         self.do_GET()
 
+    def _send_metrics(self) -> None:
+        try:
+            payload = self.server.state.metrics_text().encode("utf-8")
+        except Exception as exc:
+            self._send(500, {"status": "error", "detail": describe_error(exc)})
+            return
+        self._send_bytes(200, payload, "text/plain; version=0.0.4; charset=utf-8")
+
     def _send(self, status: int, body: dict[str, Any]) -> None:
-        payload = orjson.dumps(body)
+        self._send_bytes(status, orjson.dumps(body), "application/json")
+
+    def _send_bytes(self, status: int, payload: bytes, content_type: str) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()

@@ -8,7 +8,9 @@ Hooks come in two groups.
   implementation separately, so that two plugins registering the same name are reported together.
 * **Lifecycle hooks** (``sqs_processor_startup`` ... ``sqs_processor_shutdown``) are for observers:
   every implementation is called, in no particular order, and return values are ignored. An
-  exception in an observer is logged with the plugin's name and does not affect messages.
+  exception in an observer is logged with the plugin's name and does not affect messages. The
+  one exception is ``sqs_processor_startup``: a plugin that cannot start stops the run, with one
+  error naming the plugin and the line that raised.
 
 Implement a hook by writing a function with the hook's name, marked ``@hookimpl``, taking any
 subset of the listed arguments by name. Hook wrappers (``wrapper=True``) are rejected: the engine
@@ -17,7 +19,7 @@ the arguments no default values: pluggy does not pass defaults, and the function
 keep its own.
 
 Each example below is complete: save it as a ``.py`` file in a directory listed under
-``plugin_paths`` in the pipeline YAML and it is loaded.
+``plugins.paths`` in the pipeline YAML and it is loaded.
 """
 
 from __future__ import annotations
@@ -215,10 +217,12 @@ def sqs_processor_health_checks(
 
 @hookspec
 def sqs_processor_startup(pipeline: Pipeline) -> None:
-    """Called once when the pipeline has started, just before the first poll.
+    """Called once when the pipeline's components have started, just before the first poll.
 
-    ``pipeline`` is the running pipeline. Called from the main thread. Every implementation is
-    called; return values are ignored; an exception is logged and start-up continues.
+    ``pipeline`` is the pipeline about to run. Called from the main thread. Every implementation
+    is called; return values are ignored. An exception means the plugin could not start: the run
+    stops before anything is received, with one error naming the plugin, its file and the line
+    that raised, and the process exits with code 1.
 
     Example::
 

@@ -93,6 +93,22 @@ def prepare() -> str:
     return queue_url
 
 
+def _tracing_hint() -> str:
+    """How to see this run's traces: where they go now, or how to start a Jaeger for them."""
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint:
+        return f"Traces: exporting over OTLP to {endpoint} (OTEL_EXPORTER_OTLP_ENDPOINT)\n"
+    if _listening("127.0.0.1", 4318):
+        return ("Traces: something listens on 127.0.0.1:4318 (a Jaeger or collector?). Send it "
+                "this run's traces with:\n"
+                "  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 make run\n")
+    return ("Traces: off (no OTEL_EXPORTER_OTLP_ENDPOINT). To see them in Jaeger, start one with "
+            "OTLP on\n"
+            "  docker run --rm -p 16686:16686 -p 4318:4318 jaegertracing/jaeger:latest\n"
+            "then run: OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 make run   "
+            "(UI: http://127.0.0.1:16686)\n")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from sqs_processor.cli import main as cli_main
 
@@ -110,7 +126,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             "List what was archived:\n"
             "  make list\n"
             f"  aws --endpoint-url {ENDPOINT} --region {REGION} s3 ls s3://{BUCKET}/ --recursive\n"
-            "Health: curl -s http://127.0.0.1:8080/health    Stop: Ctrl-C\n", flush=True)
+            "Health: curl -s http://127.0.0.1:8080/health    "
+            "Metrics: curl -s http://127.0.0.1:8080/metrics    Stop: Ctrl-C\n", flush=True)
+        print(_tracing_hint(), flush=True)
         return cli_main(["run", "--config", str(config), *args.cli_args])
     finally:
         if emulator is not None:

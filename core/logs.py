@@ -2,9 +2,11 @@
 
 Log calls pass structured fields through ``extra`` (``event``, ``message_id``, ``location``,
 ``count``...). The text format is the message alone, written to be read; the JSON format puts
-the fields beside ``timestamp``, ``level``, ``logger`` and ``message``. Control characters in any
-value (CR/LF included) are escaped in text output, so one record is always one line and a value
-cannot forge another record. The engine never logs message bodies or receipt handles.
+the fields beside ``timestamp``, ``level``, ``logger`` and ``message``, and the ``trace_id`` and
+``span_id`` of the active span (the message's trace) so logs and traces join. Control
+characters in any value (CR/LF included) are escaped in text output, so one record is always one
+line and a value cannot forge another record. The engine never logs message bodies or receipt
+handles.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import orjson
+from opentelemetry import trace
 
 from sqs_processor.errors import escape
 
@@ -58,6 +61,10 @@ class JsonFormatter(logging.Formatter):
             "event": getattr(record, "event", None) or "log",
             "message": record.getMessage(),
         }
+        span_context = trace.get_current_span().get_span_context()
+        if span_context.is_valid:
+            document["trace_id"] = format(span_context.trace_id, "032x")
+            document["span_id"] = format(span_context.span_id, "016x")
         for key, value in _fields(record).items():
             document.setdefault(key, value)
         if record.exc_info:

@@ -4,14 +4,20 @@ Plugins come from three places, registered in this order and all through the sam
 
 1. the built-in list :data:`BUILTIN_PLUGINS` (the SQS source, the S3 sink, ...);
 2. the ``sqs_processor`` entry-point group of installed distributions, loaded one at a time
-   (unless ``load_entrypoints: false``);
-3. the YAML: every ``*.py`` file in the ``plugin_paths`` folders, and ``plugins`` entries
-   written ``package.module`` or ``package.module:attribute``.
+   (unless ``plugins.autoload`` or ``$SQS_PROCESSOR_PLUGINS_AUTOLOAD`` switches it off);
+3. the YAML: every ``*.py`` file in the ``plugins.paths`` folders, and ``plugins.modules``
+   entries written ``package.module`` or ``package.module:attribute``.
+
+Before anything is imported, each candidate is checked against the allow and block lists (YAML
+and environment): a blocked plugin is never imported, only listed as skipped. Built-ins are
+always allowed but can be blocked by name; being part of the engine's own package, a blocked
+built-in is not registered (another built-in may still import its module).
 
 A plugin that fails to load from an entry point is a warning, since the pipeline may not need it;
-if the YAML then names a component nobody provides, the error lists the broken plugins. A file or
-module the YAML itself names must load, or the config is rejected. ``check_pending()`` runs after
-registration, so a misspelled hook name fails loudly instead of never being called.
+if the YAML then names a component nobody provides, the error lists the broken and the skipped
+plugins. A file or module the YAML itself names must load, or the config is rejected.
+``check_pending()`` runs after registration, so a misspelled hook name fails loudly instead of
+never being called.
 """
 
 from __future__ import annotations
@@ -19,10 +25,13 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import logging
+import re
 import sys
+import traceback
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from types import ModuleType
@@ -31,7 +40,7 @@ from typing import Any
 import pluggy
 
 from sqs_processor import hookspecs
-from sqs_processor.config import PluginSettings
+from sqs_processor.config import NameList, PluginSettings
 from sqs_processor.errors import ConfigError, describe_error
 from sqs_processor.options import suggest
 from sqs_processor.records import (
@@ -62,10 +71,18 @@ KIND_LABELS = {"source": "source", "transform": "transform", "sink": "sink", "ac
 
 @dataclass(frozen=True)
 class Provider:
-    """Where a plugin came from, for messages and ``sqs-processor plugins``."""
+    """Where a plugin came from, for messages and ``sqs-processor plugins``.
 
-    origin: str  # "built-in", "entry point", "file" or "module"
+    ``origin`` is "built-in", "entry point", "file" or "module"; ``detail`` the module, file or
+    entry point with its distribution and version. ``name`` is the short name allow and block
+    lists and listings use; ``path`` the plugin's source file when known, so errors can point
+    at a line. Two providers are equal when origin and detail are.
+    """
+
+    origin: str
     detail: str
+    name: str = field(default="", compare=False)
+    path: str | None = field(default=None, compare=False)
 
     def __str__(self) -> str:
         return f"{self.origin} {self.detail}"
@@ -80,6 +97,19 @@ class BrokenPlugin:
 
     def __str__(self) -> str:
         return f"{self.provider} ({self.error})"
+
+
+@dataclass(frozen=True)
+class SkippedPlugin:
+    """A plugin that was not imported: ``status`` is "blocked" (allow/block lists) or "off"
+    (entry points while autoload is off); ``reason`` says which setting decided it."""
+
+    provider: Provider
+    status: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.provider} ({self.reason})"
 
 
 @dataclass(frozen=True)
@@ -109,6 +139,8 @@ class PluginManager:
         self.pm = pm
         self._providers: dict[str, Provider] = {}
         self.broken: list[BrokenPlugin] = []
+        self.skipped: list[SkippedPlugin] = []
+        self.unmatched: list[str] = []  # allow/block entries that matched no plugin
         self._components: dict[str, dict[str, Component]] | None = None
 
     # -- registration ------------------------------------------------------------------------
@@ -134,6 +166,15 @@ class PluginManager:
                                          "wrapper; sqs_processor hooks take plain "
                                          "implementations only")
         self._providers[name] = provider
+        self._components = None
+
+    def unregister(self, plugin: object) -> None:
+        """Remove a registered plugin (given as the object or its registration name)."""
+        name = plugin if isinstance(plugin, str) else self.pm.get_name(plugin)
+        if name is None or self.pm.get_plugin(name) is None:
+            raise ValueError(f"{plugin!r} is not registered")
+        self.pm.unregister(name=name)
+        self._providers.pop(name, None)
         self._components = None
 
     def _impls_of(self, plugin: object) -> list[Any]:
@@ -173,7 +214,8 @@ class PluginManager:
             try:
                 specs = _as_list(impl.function())
             except Exception as exc:
-                self._mark_broken(provider, f"{hook.name} raised {describe_error(exc)}")
+                self._mark_broken(provider,
+                                  f"{hook.name} raised {describe_plugin_error(exc, provider)}")
                 continue
             for spec in specs:
                 if not isinstance(spec, expected):
@@ -206,6 +248,8 @@ class PluginManager:
         message = f"is not a known {label}{hint} (known {label}s: {known})"
         if self.broken:
             message += "; plugins that failed to load: " + "; ".join(map(str, self.broken))
+        if self.skipped:
+            message += "; plugins not loaded: " + "; ".join(map(str, self.skipped))
         raise ConfigError(f"{where}.type", message, value=name)
 
     def health_checks(self, pipeline: Any) -> list[tuple[HealthCheckSpec, Provider]]:
@@ -216,8 +260,8 @@ class PluginManager:
             try:
                 result = call_impl(impl.function, impl.argnames, {"pipeline": pipeline})
             except Exception as exc:
-                self._mark_broken(provider,
-                                  f"sqs_processor_health_checks raised {describe_error(exc)}")
+                self._mark_broken(provider, "sqs_processor_health_checks raised "
+                                            f"{describe_plugin_error(exc, provider)}")
                 continue
             for spec in _as_list(result):
                 if not isinstance(spec, HealthCheckSpec):
@@ -254,7 +298,12 @@ def call_impl(function: Any, argnames: Iterable[str], kwargs: Mapping[str, Any])
 # --------------------------------------------------------------------------------------------
 
 
-def _load_file(path: Path) -> ModuleType:
+def load_plugin_file(path: Path) -> ModuleType:
+    """Import a drop-in plugin file on its own, as the engine does for ``plugins.paths``.
+
+    The module gets a name unique to its folder, so two folders may hold files of the same name.
+    """
+    path = Path(path).resolve()
     digest = hashlib.sha1(str(path.parent).encode(), usedforsecurity=False).hexdigest()[:8]
     module_name = f"sqs_processor_dropin_{digest}.{path.stem}"
     spec = importlib.util.spec_from_file_location(module_name, path)
@@ -278,62 +327,182 @@ def _load_reference(ref: str) -> object:
     return obj
 
 
+def source_file(plugin: object) -> str | None:
+    """The source file a plugin object (module, class, instance) was defined in, if any."""
+    target = plugin if inspect.ismodule(plugin) or inspect.isclass(plugin) else type(plugin)
+    try:
+        return inspect.getsourcefile(target)  # type: ignore[arg-type]
+    except TypeError:
+        return getattr(plugin, "__file__", None)
+
+
+def describe_plugin_error(exc: BaseException, provider: Provider) -> str:
+    """One line for an exception raised by plugin code, ending with where it was raised.
+
+    A file plugin's line is given as ``(line N)`` (the file is in the provider already); for other
+    plugins the file is named too. The line is the innermost one in the plugin's own file when
+    that is known; otherwise, for an import, the innermost module-level line (the statement of
+    the plugin that failed, not the library code it called).
+    """
+    path = Path(provider.path) if provider.path else None
+    text = describe_error(exc, path if provider.origin == "file" else None)
+    if provider.origin == "file" or isinstance(exc, SyntaxError):
+        return text
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith("<")]
+    own = [f for f in frames if path is not None and Path(f.filename) == path]
+    if path is None:
+        own = [f for f in frames if f.name == "<module>"]
+    frame = (own or frames or [None])[-1]
+    if frame is None or provider.origin == "built-in":
+        return text
+    return f"{text} ({frame.filename}, line {frame.lineno})"
+
+
+# --------------------------------------------------------------------------------------------
+# Allow and block lists
+# --------------------------------------------------------------------------------------------
+
+
+def _normal(name: str) -> str:
+    """Names compare case-insensitively, with runs of '-', '_' and '.' alike (as PEP 503 does
+    for distributions), so ``My_Plugin`` blocks the distribution ``my-plugin``."""
+    return re.sub(r"[-_.]+", "-", name.strip().lower())
+
+
+class _Policy:
+    """Decides, from names alone and before any import, whether a plugin may load."""
+
+    def __init__(self, settings: PluginSettings | None) -> None:
+        self.allow: tuple[NameList, ...] = settings.allow if settings else ()
+        self.block: tuple[NameList, ...] = settings.block if settings else ()
+        self._used: set[tuple[str, str]] = set()
+
+    def verdict(self, names: Iterable[str], builtin: bool = False) -> str | None:
+        """None when the plugin may load, else why not."""
+        normal = {_normal(n) for n in names if n}
+        reason = None
+        for listed in self.block:
+            for entry in listed.names:
+                if _normal(entry) in normal:
+                    self._used.add((listed.source, entry))
+                    reason = reason or f"blocked by {listed.source} entry {entry!r}"
+        for listed in self.allow:
+            hits = [entry for entry in listed.names if _normal(entry) in normal]
+            self._used.update((listed.source, entry) for entry in hits)
+            if not hits and not builtin:
+                reason = reason or f"not in {listed.source}"
+        return reason
+
+    def unmatched(self) -> list[str]:
+        return [f"{listed.source} entry {entry!r} matches no plugin"
+                for listed in (*self.block, *self.allow) for entry in listed.names
+                if (listed.source, entry) not in self._used]
+
+
+def _distribution(ep: Any) -> tuple[str, str] | None:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return None
+    return str(dist.metadata["Name"]), str(dist.version)
+
+
 def build_plugin_manager(
     settings: PluginSettings | None = None,
     *,
-    extra_plugins: Iterable[tuple[str, object]] = (),
+    extra_plugins: Iterable[tuple[str, object] | tuple[str, object, Provider]] = (),
 ) -> PluginManager:
     """Create a fresh plugin manager with the built-ins, entry points and YAML-named plugins.
 
-    ``extra_plugins`` are (name, plugin) pairs registered last, for tests and embedding.
-    Raises ConfigError when a plugin the YAML names cannot be loaded or is not valid.
+    ``settings`` None means: built-ins and every entry point, no allow or block lists.
+    ``extra_plugins`` are (name, plugin) pairs, or (name, plugin, provider), registered last, for
+    tests and embedding; the allow and block lists do not apply to them. Raises ConfigError when
+    a plugin the YAML names cannot be loaded or is not valid.
     """
     pm = pluggy.PluginManager(hookspecs.hookspec.project_name)
     pm.add_hookspecs(hookspecs)
     manager = PluginManager(pm)
+    policy = _Policy(settings)
+
+    def skip(provider: Provider, status: str, reason: str) -> None:
+        log.debug("plugin %s was not loaded: %s", provider, reason,
+                  extra={"event": "plugin_skipped", "plugin": str(provider)})
+        manager.skipped.append(SkippedPlugin(provider, status, reason))
 
     for module_name in BUILTIN_PLUGINS:
-        manager.register(importlib.import_module(module_name), f"builtin:{module_name}",
-                         Provider("built-in", module_name))
+        short = module_name.rpartition(".")[2]
+        provider = Provider("built-in", module_name, name=short)
+        reason = policy.verdict((module_name, short), builtin=True)
+        if reason:
+            skip(provider, "blocked", reason)
+            continue
+        module = importlib.import_module(module_name)
+        manager.register(module, f"builtin:{module_name}",
+                         Provider("built-in", module_name, name=short, path=source_file(module)))
 
-    if settings is None or settings.load_entrypoints:
-        for ep in sorted(entry_points(group=ENTRYPOINT_GROUP), key=lambda e: e.name):
-            dist = getattr(ep, "dist", None)
-            origin = f"{ep.name!r} ({ep.value})"
-            if dist is not None:
-                origin += f" from {dist.metadata['Name']} {dist.version}"
-            provider = Provider("entry point", origin)
-            try:
-                plugin = ep.load()
-            except Exception as exc:
-                manager._mark_broken(provider, describe_error(exc))
-                continue
-            manager.register(plugin, f"entrypoint:{ep.name}", provider)
+    autoload = settings is None or settings.load_entrypoints
+    for ep in sorted(entry_points(group=ENTRYPOINT_GROUP), key=lambda e: e.name):
+        dist = _distribution(ep)
+        origin = f"{ep.name!r} ({ep.value})"
+        if dist is not None:
+            origin += f" from {dist[0]} {dist[1]}"
+        provider = Provider("entry point", origin, name=ep.name)
+        reason = policy.verdict((ep.name, dist[0] if dist else ""))
+        if not autoload:
+            off_by = settings.autoload_off_by if settings else ""
+            skip(provider, "off", f"entry points are not loaded: autoload is off ({off_by})")
+            continue
+        if reason:
+            skip(provider, "blocked", reason)
+            continue
+        try:
+            plugin = ep.load()
+        except Exception as exc:
+            manager._mark_broken(provider, describe_plugin_error(exc, provider))
+            continue
+        manager.register(plugin, f"entrypoint:{ep.name}",
+                         Provider("entry point", origin, name=ep.name, path=source_file(plugin)))
 
     if settings is not None:
         for i, folder in enumerate(settings.plugin_paths):
             for path in sorted(folder.glob("*.py")):
                 if path.name.startswith(("_", ".")):
                     continue
-                provider = Provider("file", str(path))
+                provider = Provider("file", str(path), name=path.stem, path=str(path.resolve()))
+                reason = policy.verdict((path.stem, path.name))
+                if reason:
+                    skip(provider, "blocked", reason)
+                    continue
                 try:
-                    module = _load_file(path.resolve())
+                    module = load_plugin_file(path)
                 except Exception as exc:
-                    raise ConfigError(f"plugin_paths[{i}]",
+                    raise ConfigError(f"{settings.paths_key}[{i}]",
                                       f"plugin file {str(path)!r} failed to import: "
                                       f"{describe_error(exc, path.resolve())}") from None
                 manager.register(module, f"file:{path}", provider)
         for i, ref in enumerate(settings.plugins):
-            provider = Provider("module", ref)
+            module_name = ref.partition(":")[0]
+            provider = Provider("module", ref, name=ref)
+            reason = policy.verdict((ref, module_name))
+            if reason:
+                skip(provider, "blocked", reason)
+                continue
             try:
                 plugin = _load_reference(ref)
             except Exception as exc:
-                raise ConfigError(f"plugins[{i}]",
-                                  f"{ref!r} failed to import: {describe_error(exc)}") from None
-            manager.register(plugin, f"module:{ref}", provider)
+                raise ConfigError(f"{settings.modules_key}[{i}]",
+                                  f"{ref!r} failed to import: "
+                                  f"{describe_plugin_error(exc, provider)}") from None
+            manager.register(plugin, f"module:{ref}",
+                             Provider("module", ref, name=ref, path=source_file(plugin)))
 
-    for name, plugin in extra_plugins:
-        manager.register(plugin, name, Provider("module", name))
+    for name, plugin, *provided in extra_plugins:
+        provider = provided[0] if provided else Provider("module", name, name=name,
+                                                         path=source_file(plugin))
+        manager.register(plugin, name, provider)
 
+    manager.unmatched = policy.unmatched()
+    for warning in manager.unmatched:
+        log.warning("plugin list: %s", warning, extra={"event": "plugin_list_unmatched"})
     manager.check_pending()
     return manager

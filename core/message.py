@@ -1,10 +1,12 @@
 """The two data types that flow through a pipeline: the message envelope and the record.
 
 A :class:`Message` is what the source received. The runner owns it: the acker needs its
-``receipt_handle`` to delete it, so it is immutable and transforms never replace it.
+``receipt_handle`` to delete it, so it is immutable all the way down (its attribute mappings are
+read-only views of private copies) and transforms never replace it.
 
 A :class:`Record` is what transforms work on and the sink writes: the message it came from and
-the ``document`` (a plain dict) that becomes the stored JSON object.
+the ``document`` (a plain dict, created for this message alone) that becomes the stored JSON
+object. The document is the transforms' copy to change; the envelope is not theirs.
 """
 
 from __future__ import annotations
@@ -32,11 +34,20 @@ class Message:
     """
 
     message_id: str
-    receipt_handle: str
-    body: str
+    receipt_handle: str = field(repr=False)  # a secret of sorts: never in logs or reprs
+    body: str = field(repr=False)  # may hold personal data: never in logs or reprs
     received_at: datetime
     attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
-    message_attributes: Mapping[str, Mapping[str, Any]] = field(default_factory=lambda: _EMPTY)
+    message_attributes: Mapping[str, Mapping[str, Any]] = field(
+        default_factory=lambda: _EMPTY, repr=False)
+
+    def __post_init__(self) -> None:
+        # Private read-only copies: neither the source that built the message nor a plugin that
+        # reads it can change what the runner acknowledges or what the next transform sees.
+        object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
+        object.__setattr__(self, "message_attributes", MappingProxyType(
+            {name: MappingProxyType(dict(value))
+             for name, value in self.message_attributes.items()}))
 
     @property
     def sent_at(self) -> datetime | None:

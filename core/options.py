@@ -7,11 +7,17 @@ out-of-range numbers are all :class:`~sqs_processor.errors.ConfigError`.
 
 Values interpolated from the environment arrive as text, so numbers and booleans written as
 strings are accepted and converted (``"10"`` for an integer option, ``"true"`` for a boolean).
+
+The same declarations document themselves: :meth:`Option.type_label`,
+:meth:`Option.default_label` and :meth:`Option.allowed_label` are what ``sqs-processor plugins
+--describe`` prints and what the README's generated configuration reference is made of.
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +35,10 @@ REQUIRED: Any = _Required()
 
 _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false",
                list: "a list", dict: "a mapping"}
+_TYPE_LABELS = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
+                dict: "mapping"}
+_ITEM_LABELS = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
+_OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 
@@ -40,7 +50,12 @@ class Option:
     ``type`` is one of ``str``, ``int``, ``float``, ``bool``, ``list`` or ``dict``. ``default``
     is :data:`REQUIRED` for a mandatory option; a default of ``None`` makes the option optional
     and unset. ``minimum``/``maximum`` bound numbers (inclusive); ``choices`` lists the allowed
-    values.
+    values; ``items`` gives the type of a list's elements (``str``, ``int``, ``float`` or
+    ``bool``), each checked and converted like a value of its own.
+
+    A declaration that contradicts itself (a default of the wrong type or out of range, an
+    unsupported type) raises ``ValueError`` when the component spec is created, so a plugin's
+    mistake surfaces when it registers, naming the plugin, not when a user first sets the option.
     """
 
     name: str
@@ -50,16 +65,66 @@ class Option:
     minimum: float | None = None
     maximum: float | None = None
     choices: tuple[Any, ...] | None = None
+    items: type | None = None
 
     @property
     def required(self) -> bool:
         return self.default is REQUIRED
+
+    def check_declaration(self, owner: str) -> None:
+        """Raise ValueError when this declaration is unusable; ``owner`` names the component."""
+        where = f"{owner}: option {self.name!r}"
+        if not isinstance(self.name, str) or not _OPTION_NAME.match(self.name):
+            raise ValueError(f"{owner}: option name {self.name!r} must be lower-case letters, "
+                             "digits and '_', starting with a letter")
+        if self.type not in _TYPE_LABELS:
+            raise ValueError(f"{where} has unsupported type {self.type!r}; use str, int, float, "
+                             "bool, list or dict")
+        if self.items is not None and (self.type is not list or self.items not in _ITEM_LABELS):
+            raise ValueError(f"{where}: items= applies to list options and must be str, int, "
+                             "float or bool")
+        if self.required or self.default is None:
+            return
+        try:
+            self.convert(self.default, self.name)
+        except ConfigError as exc:
+            raise ValueError(f"{where} has an invalid default: {exc}") from None
+
+    # -- how the declaration reads to people ------------------------------------------------
+
+    def type_label(self) -> str:
+        """``string``, ``integer``, ``list of strings`` ..."""
+        if self.type is list and self.items is not None:
+            return f"list of {_ITEM_LABELS[self.items]}"
+        return _TYPE_LABELS.get(self.type, getattr(self.type, "__name__", str(self.type)))
+
+    def default_label(self) -> str:
+        """The default as it would be written in YAML, ``(required)`` or ``(unset)``."""
+        if self.required:
+            return "(required)"
+        if self.default is None:
+            return "(unset)"
+        return yaml_text(self.default)
+
+    def allowed_label(self) -> str:
+        """The accepted range or choices (``1-10``, ``sent, received``), or an empty string."""
+        if self.choices is not None:
+            return ", ".join(yaml_text(c) for c in self.choices)
+        if self.minimum is not None and self.maximum is not None:
+            return f"{_num(self.minimum)}-{_num(self.maximum)}"
+        if self.minimum is not None:
+            return f"at least {_num(self.minimum)}"
+        if self.maximum is not None:
+            return f"at most {_num(self.maximum)}"
+        return ""
 
     def expected(self) -> str:
         """How the accepted values read in an error message."""
         if self.choices is not None:
             return "one of " + ", ".join(repr(c) for c in self.choices)
         text = _TYPE_NAMES.get(self.type, self.type.__name__)
+        if self.type is list and self.items is not None:
+            text = f"a list of {_ITEM_LABELS[self.items]}"
         if self.minimum is not None and self.maximum is not None:
             return f"{text} from {_num(self.minimum)} to {_num(self.maximum)}"
         if self.minimum is not None:
@@ -83,6 +148,12 @@ class Option:
             too_high = self.maximum is not None and converted > self.maximum
             if too_low or too_high:
                 raise ConfigError(key, "is out of range", value=value, expected=self.expected())
+        if self.items is not None and isinstance(converted, list):
+            element = Option(self.name, self.items)
+            for i, item in enumerate(converted):
+                if item is None:
+                    raise ConfigError(f"{key}[{i}]", "is empty", expected=element.expected())
+                converted[i] = element.convert(item, f"{key}[{i}]")
         return converted
 
     def _coerce(self, value: Any, key: str) -> Any:
@@ -138,6 +209,21 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
+def yaml_text(value: Any) -> str:
+    """A value as it would be written in the YAML (``true``, ``30``, ``[]``, ``""``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return _num(value)
+    if isinstance(value, str):
+        return value if value and value.strip() == value else f'"{value}"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(yaml_text(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {yaml_text(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
 def check_field_name(name: Any, key: str) -> str:
     """Check a document field name given in the YAML; return it or raise ConfigError."""
     if not isinstance(name, str) or not name or len(name) > 256:
@@ -183,6 +269,6 @@ def validate_options(
             result[name] = option.convert(raw[name], key)
         elif option.required:
             raise ConfigError(key, "is required", expected=option.expected())
-        else:
-            result[name] = option.default
+        else:  # a copy: a factory that changes a list or mapping default changes only its own
+            result[name] = copy.deepcopy(option.default)
     return result

@@ -9,7 +9,9 @@ that names the YAML key.
 from __future__ import annotations
 
 import logging
+import os
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -20,9 +22,15 @@ import boto3
 from sqs_processor.aws import AwsClients
 from sqs_processor.config import ComponentConfig, PipelineConfig
 from sqs_processor.errors import ConfigError, describe_error
-from sqs_processor.manager import Component, PluginManager, Provider
-from sqs_processor.message import Record
+from sqs_processor.manager import (
+    Component,
+    PluginManager,
+    Provider,
+    call_impl,
+    describe_plugin_error,
+)
 from sqs_processor.options import validate_options
+from sqs_processor.process import Step
 from sqs_processor.records import BuildContext, HealthCheckSpec
 
 STAT_NAMES = (
@@ -43,11 +51,23 @@ class Stats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts = dict.fromkeys(STAT_NAMES, 0)
+        self._failures: Counter[str] = Counter()
         self.last_poll: datetime | None = None
 
     def add(self, name: str, amount: int = 1) -> None:
         with self._lock:
             self._counts[name] += amount
+
+    def add_failure(self, stage: str) -> None:
+        """Count a failed message, in total and against the stage (plugin) where it failed."""
+        with self._lock:
+            self._counts["failed"] += 1
+            self._failures[stage] += 1
+
+    def failures_by_stage(self) -> dict[str, int]:
+        """Failed messages per stage (``transform:<name>``, ``sink:<name>``)."""
+        with self._lock:
+            return dict(self._failures)
 
     def polled(self) -> None:
         self.last_poll = datetime.now(UTC)
@@ -57,7 +77,20 @@ class Stats:
             return dict(self._counts)
 
 
-Step = Callable[[Record], "Record | None"]
+@dataclass(frozen=True)
+class StartStep:
+    """One thing that must succeed before the first poll: creating the AWS clients, a component's
+    ``start()``, or a plugin's ``sqs_processor_startup`` hook."""
+
+    where: str  # "aws clients", "source", "sink", "ack" or "plugin <name>"
+    run: Callable[[], object]
+    label: str  # how the failure reads: "the sink 's3' (built-in ...)"
+    provider: Provider | None = None
+
+    def describe_failure(self, exc: BaseException) -> str:
+        if self.provider is None:
+            return f"{self.label}: {describe_error(exc)}"
+        return f"{self.label}: {describe_plugin_error(exc, self.provider)}"
 
 
 @dataclass
@@ -74,6 +107,38 @@ class Pipeline:
     used: dict[str, Component]
     health_checks: list[tuple[HealthCheckSpec, Provider]] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
+    error_sink: Any = None
+
+    def provider_of_stage(self, stage: str) -> Provider | None:
+        """The plugin behind a stage name (``transform:redact``, ``sink:s3``), if known."""
+        kind, _, name = stage.partition(":")
+        for where, component in self.used.items():
+            if component.name == name and (where == kind or where.startswith(f"{kind}s[")):
+                return component.provider
+        return None
+
+    def start_steps(self) -> list[StartStep]:
+        """What starting the pipeline runs, in order; the runner stops at the first failure."""
+        steps = [StartStep("aws clients", self.aws.connect, "the AWS clients")]
+        for where, part in (("source", self.source), ("sink", self.sink), ("ack", self.acker),
+                            ("errors.sink", self.error_sink)):
+            start = getattr(part, "start", None)
+            if callable(start):
+                component = self.used.get(where)
+                label = f"the {where}"
+                if component is not None:
+                    label = f"the {where} {component.name!r} from {component.provider}"
+                steps.append(StartStep(where, start, label,
+                                       component.provider if component else None))
+        for function, argnames, plugin_name in self.plugins.observers("sqs_processor_startup"):
+            provider = self.plugins.provider_of(plugin_name)
+
+            def run(function: Any = function, argnames: tuple[str, ...] = argnames) -> object:
+                return call_impl(function, argnames, {"pipeline": self})
+
+            steps.append(StartStep(f"plugin {plugin_name}", run,
+                                   f"plugin {provider}: sqs_processor_startup raised", provider))
+        return steps
 
     def describe_line(self) -> str:
         steps = " -> ".join(name for name, _ in self.transforms)
@@ -101,7 +166,9 @@ class Pipeline:
 
 
 def _resolve_region(config: PipelineConfig) -> str:
-    region = config.aws["region"] or boto3.session.Session().region_name
+    # boto3 reads AWS_DEFAULT_REGION; EKS (IRSA) and most tools also set AWS_REGION.
+    region = (config.aws["region"] or boto3.session.Session().region_name
+              or os.environ.get("AWS_REGION") or None)
     if not region:
         raise ConfigError("aws.region", "is not set and boto3 found no region either",
                           expected="aws.region in the YAML, or AWS_REGION in the environment")
@@ -122,16 +189,35 @@ def _build(
                                base_dir=config.base_dir)
         built = component.spec.factory(options, context)
     except ConfigError as exc:
-        raise config.explain(exc) from None
+        error = config.explain(exc)
+        if component.provider.origin != "built-in" and not error.plugin:
+            error = error.with_plugin(f"{component.kind} {component.name!r} from "
+                                      f"{component.provider}")
+        raise error from None
     except Exception as exc:
         raise ConfigError(block.where, f"{component.kind} {component.name!r} from "
                                        f"{component.provider} could not be built: "
-                                       f"{describe_error(exc)}") from None
+                                       f"{describe_plugin_error(exc, component.provider)}"
+                          ) from None
     if not callable(getattr(built, required_method, None)):
         raise ConfigError(block.where, f"{component.kind} {component.name!r} from "
                                        f"{component.provider} built a {type(built).__name__}, "
                                        f"which has no {required_method}() method")
     return built
+
+
+def _error_sink_block(config: PipelineConfig, component: Component) -> ComponentConfig:
+    """The error sink's options: the main sink's when it is the same type, the errors prefix
+    where the sink takes one, then ``errors.options`` over them."""
+    errors = config.errors
+    options: dict[str, Any] = {}
+    if component.name == config.sink.type:
+        options.update(config.sink.options)
+    if any(option.name == "prefix" for option in component.spec.options):
+        options["prefix"] = errors["prefix"]
+    options.update(errors["options"] or {})
+    options.pop("type", None)
+    return ComponentConfig(type=component.name, options=options, where="errors.sink")
 
 
 def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
@@ -140,7 +226,8 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
     aws = AwsClients(
         region=_resolve_region(config),
         endpoint_url=config.aws["endpoint_url"],
-        max_pool_connections=service["workers"] + service["pollers"] + 2,
+        # Every thread that can call AWS at once: workers, pollers, the acker, the heartbeat.
+        max_pool_connections=service["workers"] + service["pollers"] + 3,
         connect_timeout=config.aws["connect_timeout"],
         read_timeout=config.aws["read_timeout"],
         max_attempts=config.aws["max_attempts"],
@@ -157,6 +244,17 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
                   for block in config.transforms]
     sink = build("sink", config.sink, "write")
     acker = build("ack", config.ack, "ack")
+    error_sink = None
+    errors = config.errors
+    if errors["sink"] != "none":
+        block = _error_sink_block(config, plugins.get("sink", errors["sink"], "errors.sink"))
+        if block.type == config.sink.type and block.options.get("prefix") == \
+                config.sink.options.get("prefix", block.options.get("prefix")):
+            raise config.explain(ConfigError(
+                "errors.prefix", "is the main sink's prefix, so error objects would take the "
+                "keys of archived messages", value=block.options.get("prefix"),
+                expected="a different prefix, e.g. errors/"))
+        error_sink = build("sink", block, "write")
 
     batch = int(getattr(source, "max_batch", 10))
     if service["max_in_flight"] < batch:
@@ -165,7 +263,8 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
             expected=f"at least the source's batch size ({batch})"))
 
     pipeline = Pipeline(config=config, plugins=plugins, aws=aws, source=source,
-                        transforms=transforms, sink=sink, acker=acker, used=used)
+                        transforms=transforms, sink=sink, acker=acker, used=used,
+                        error_sink=error_sink)
     pipeline.health_checks = plugins.health_checks(pipeline)
     return pipeline
 
@@ -174,7 +273,7 @@ def close_pipeline(pipeline: Pipeline) -> None:
     """Close every component once, then the AWS clients; errors are collected, not raised."""
     errors: list[str] = []
     parts = [("source", pipeline.source), *pipeline.transforms, ("sink", pipeline.sink),
-             ("ack", pipeline.acker)]
+             ("ack", pipeline.acker), ("errors.sink", pipeline.error_sink)]
     for name, part in parts:
         close = getattr(part, "close", None)
         if callable(close):

@@ -67,6 +67,18 @@ class _ComponentSpec:
         if not callable(self.factory):
             raise TypeError(f"{self.kind} {self.name!r}: factory must be callable")
         object.__setattr__(self, "options", tuple(self.options))
+        owner = f"{self.kind} {self.name!r}"
+        seen: set[str] = set()
+        for option in self.options:
+            if not isinstance(option, Option):
+                raise TypeError(f"{owner}: options must be Option declarations, "
+                                f"not {type(option).__name__}")
+            option.check_declaration(owner)
+            if option.name in seen or option.name == "type":
+                raise ValueError(f"{owner}: option {option.name!r} is declared twice"
+                                 if option.name in seen else
+                                 f"{owner}: 'type' is reserved for the component's name")
+            seen.add(option.name)
         first_line = (self.description or "").strip().splitlines()
         object.__setattr__(self, "description", first_line[0] if first_line else "")
 

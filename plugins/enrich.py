@@ -29,7 +29,8 @@ ADDED_FIELDS = ("attributes", "message_attributes", "received_at", "receipt_hand
 
 OPTIONS = (
     Option("add", dict, {}, "Static fields set on every document (JSON values)."),
-    Option("drop", list, [], "Fields removed from every document (message_id and body stay)."),
+    Option("drop", list, [], "Fields removed from every document (message_id and body stay).",
+           items=str),
 )
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sqs_processor import (
+    AckFailure,
     BuildContext,
     ConfigError,
     HealthCheckSpec,
@@ -27,10 +28,12 @@ from sqs_processor import (
     hookimpl,
 )
 from sqs_processor.checks import LastCallCheck
-from sqs_processor.errors import describe_error
+from sqs_processor.errors import describe_error, error_code
 from sqs_processor.options import REQUIRED
 
 log = logging.getLogger(__name__)
+
+DEFAULT_VISIBILITY_TIMEOUT = 30  # SQS's own default, assumed when the queue cannot be asked
 
 OPTIONS = (
     Option("queue_url", str, REQUIRED, "URL of the SQS queue to read."),
@@ -92,7 +95,7 @@ class SqsSource(Source):
         self.max_batch = options["max_messages"]
         self.wait_time_seconds: int = options["wait_time_seconds"]
         self.poll_interval: float = options["poll_interval_seconds"]
-        self.visibility_timeout: int | None = options["visibility_timeout"]
+        self.receive_visibility: int | None = options["visibility_timeout"]
         self._request: dict[str, Any] = {
             "QueueUrl": self.queue_url,
             "MaxNumberOfMessages": self.max_batch,
@@ -100,9 +103,51 @@ class SqsSource(Source):
             "MessageSystemAttributeNames": ["All"],
             "MessageAttributeNames": ["All"],
         }
-        if self.visibility_timeout is not None:
-            self._request["VisibilityTimeout"] = self.visibility_timeout
+        if self.receive_visibility is not None:
+            self._request["VisibilityTimeout"] = self.receive_visibility
         self.check = LastCallCheck(f"receive from {self.queue_name}")
+        self._visibility: int | None = self.receive_visibility
+
+    def start(self) -> None:
+        """Read the queue's VisibilityTimeout once, unless the YAML sets one for every receive."""
+        if self._visibility is not None:
+            return
+        try:
+            response = self.client.get_queue_attributes(QueueUrl=self.queue_url,
+                                                        AttributeNames=["VisibilityTimeout"])
+            self._visibility = int(response["Attributes"]["VisibilityTimeout"])
+        except Exception as exc:
+            self._visibility = DEFAULT_VISIBILITY_TIMEOUT
+            log.warning("could not read the VisibilityTimeout of %s (%s); assuming %ds for the "
+                        "visibility heartbeat. Set source.visibility_timeout to be exact.",
+                        self.queue_name, describe_error(exc), self._visibility,
+                        extra={"event": "visibility_unknown", "error": error_code(exc)})
+
+    def visibility_timeout(self) -> float | None:
+        return None if self._visibility is None else float(self._visibility)
+
+    def extend(self, messages: Sequence[Message], seconds: int) -> list[AckFailure]:
+        """ChangeMessageVisibilityBatch, ten at a time; returns the entries that failed."""
+        failures: list[AckFailure] = []
+        for start in range(0, len(messages), 10):
+            chunk = messages[start:start + 10]
+            entries = [{"Id": str(i), "ReceiptHandle": m.receipt_handle,
+                        "VisibilityTimeout": int(seconds)} for i, m in enumerate(chunk)]
+            try:
+                response = self.client.change_message_visibility_batch(
+                    QueueUrl=self.queue_url, Entries=entries)
+            except Exception as exc:
+                failures.extend(AckFailure(m, error_code(exc), describe_error(exc), True)
+                                for m in chunk)
+                continue
+            for failure in response.get("Failed", ()):
+                message = _entry(chunk, failure)
+                if message is None:
+                    continue
+                failures.append(AckFailure(
+                    message, failure.get("Code", "Failed"),
+                    failure.get("Message", ""), retryable=not failure.get("SenderFault", False)))
+        return failures
 
     def receive(self) -> list[Message]:
         try:
@@ -132,10 +177,21 @@ class SqsSource(Source):
                             describe_error(exc))
                 continue
             for failure in response.get("Failed", ()):
-                message = chunk[int(failure["Id"])]
+                message = _entry(chunk, failure)
+                if message is None:
+                    continue
                 log.warning("could not release message %s: %s; it returns when its visibility "
                             "timeout expires", message.message_id, failure.get("Code"),
                             extra={"message_id": message.message_id})
+
+
+def _entry(chunk: Sequence[Message], failure: Mapping[str, Any]) -> Message | None:
+    """The message a batch-response failure entry names by its positional Id, if valid."""
+    try:
+        return chunk[int(failure["Id"])]
+    except (KeyError, ValueError, TypeError, IndexError):
+        log.warning("ignoring a batch response entry with an unknown Id: %r", failure.get("Id"))
+        return None
 
 
 def build(options: Mapping[str, Any], context: BuildContext) -> SqsSource:

@@ -228,16 +228,16 @@ def test_plugins_lists_the_five_built_ins_with_their_kinds(tripwire):
     result = cli(["plugins"], child_env(tripwire))
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["KIND", "NAME", "PROVIDER", "DESCRIPTION"]
-    rows = {tuple(line.split()[:3]) for line in lines[1:]}
+    assert lines[0].split() == ["KIND", "NAME", "STATUS", "PROVIDER", "DESCRIPTION"]
+    rows = {tuple(line.split()[:4]) for line in lines[1:]}
     assert {
-        ("source", "sqs", "built-in"),
-        ("transform", "json_parse", "built-in"),
-        ("transform", "enrich", "built-in"),
-        ("sink", "s3", "built-in"),
-        ("acker", "sqs_delete", "built-in"),
+        ("source", "sqs", "ok", "built-in"),
+        ("transform", "json_parse", "ok", "built-in"),
+        ("transform", "enrich", "ok", "built-in"),
+        ("sink", "s3", "ok", "built-in"),
+        ("acker", "sqs_delete", "ok", "built-in"),
     } <= rows
-    assert not any(line.startswith("broken:") for line in lines)
+    assert all(line.split()[2] == "ok" for line in lines[1:]), result.stdout
 
 
 def test_plugins_with_a_broken_config_exits_2(tmp_path, tripwire):
@@ -246,3 +246,36 @@ def test_plugins_with_a_broken_config_exits_2(tmp_path, tripwire):
     result = cli(["plugins", "--config", str(path)], child_env(tripwire))
     assert_config_error(result, "plugin_paths[0]: 'no-such-folder' is not a directory")
 
+
+
+def test_plugins_describe_prints_a_components_options(tripwire):
+    result = cli(["plugins", "--describe", "SQS"], child_env(tripwire))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[:3] == ["source sqs", "  provider: built-in sqs_processor.plugins.sqs_source",
+                         "  Long-polls an SQS queue, with all system and message attributes."]
+    header = lines[4].split()
+    assert header == ["OPTION", "TYPE", "DEFAULT", "ALLOWED", "DESCRIPTION"]
+    rows = {line.split()[0]: line for line in lines[5:]}
+    assert set(rows) == {"queue_url", "max_messages", "wait_time_seconds",
+                         "poll_interval_seconds", "visibility_timeout"}
+    assert rows["max_messages"].split()[1:4] == ["integer", "10", "1-10"]
+    assert rows["queue_url"].split()[1:3] == ["string", "(required)"]
+    assert tripwire.close() == 0
+
+
+def test_plugins_describe_an_unknown_name_suggests_the_closest(tripwire):
+    result = cli(["plugins", "--describe", "json_pars"], child_env(tripwire))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        "sqs-processor: no component is named 'json_pars'; did you mean 'json_parse'?"]
+
+
+def test_plugins_describe_says_when_the_plugin_was_blocked(tripwire):
+    env = child_env(tripwire, SQS_PROCESSOR_PLUGINS_BLOCK="s3_sink")
+    result = cli(["plugins", "--describe", "s3"], env)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "sqs-processor: no component is named 's3'; plugins not loaded: built-in "
+        "sqs_processor.plugins.s3_sink (blocked by $SQS_PROCESSOR_PLUGINS_BLOCK entry 's3_sink')"]

@@ -23,6 +23,7 @@ from support import (
     pipeline_config,
     queue_counts,
     stored_objects,
+    unique,
     wait_for,
     write_config,
 )
@@ -197,12 +198,14 @@ def test_work_unfinished_at_the_shutdown_deadline_is_released_for_redelivery(
 def test_readiness_fails_while_s3_rejects_writes_and_liveness_stays_up(
     aws_env, sqs, s3, queue_url, processes, tmp_path: Path
 ):
-    missing = "bucket-that-does-not-exist-yet"
+    missing = unique("bucket-not-yet")
     path = write_config(tmp_path, pipeline_config(queue_url, missing))
-    sqs.send_message(QueueUrl=queue_url, MessageBody="waiting for a bucket")
+    sent = sqs.send_message(QueueUrl=queue_url, MessageBody="waiting for a bucket")["MessageId"]
     process = processes(["run", "--config", str(path), "--log-format", "json"], cli_env(aws_env))
     port = process.wait_event("health_listening")["port"]
-    failed = process.wait_event("failed")
+    # The pause is logged once, before the per-message line.
+    assert process.wait_event("paused")["stage"] == "write"
+    failed = process.wait_event("system_failure")
     assert failed["stage"] == "sink:s3" and failed["error"] == "NoSuchBucket"
 
     status, body = get(port, "/readyz")
@@ -210,17 +213,38 @@ def test_readiness_fails_while_s3_rejects_writes_and_liveness_stays_up(
     checks = {check["name"]: check for check in body["checks"]}
     assert checks["s3_write"]["ok"] is False
     assert "NoSuchBucket" in checks["s3_write"]["detail"]
+    assert checks["system"]["ok"] is False and "NoSuchBucket" in checks["system"]["detail"]
     assert checks["sqs_receive"]["ok"] is True
     assert get(port, "/healthz")[0] == 200
     status, body = get(port, "/health")
     assert status == 503 and body["status"] == "unhealthy"
     assert body["messages_processed"] == 0
     assert get(port, "/nope")[0] == 404
-    # Nothing was deleted: the message is still in the queue (hidden until its timeout).
+    # Nothing was deleted: the message is still in flight, held (not failed) while S3 is down.
     assert sum(queue_counts(sqs, queue_url)) == 1
+    assert not any(e.get("event") == "failed" for e in _events(process))
+
+    # Recovery needs no restart: once the bucket exists the held message is written.
+    s3.create_bucket(Bucket=missing)
+    wait_for(lambda: len(stored_objects(s3, missing)) == 1, timeout=30, message="the write")
+    assert process.wait_event("resumed")
+    wait_for(lambda: get(port, "/readyz")[0] == 200, timeout=10, message="ready again")
+    wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), message="the delete")
+    [stored] = stored_objects(s3, missing).values()
+    assert stored["message_id"] == sent and stored["body"] == "waiting for a bucket"
+    # Received once: the outage did not push it towards a DLQ.
+    assert stored["attributes"]["ApproximateReceiveCount"] == "1"
 
     process.proc.send_signal(signal.SIGTERM)
     assert process.finish() == 0
+
+
+def _events(process: Process) -> list[dict[str, Any]]:
+    events = []
+    for line in process.lines:
+        with contextlib.suppress(ValueError):
+            events.append(json.loads(line))
+    return events
 
 
 def test_json_logs_carry_structure_and_never_a_body_or_receipt_handle(

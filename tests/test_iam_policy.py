@@ -24,7 +24,7 @@ from test_k8s_manifests import K8S, one, processor, render
 
 IAM = K8S / "iam"
 PLACEHOLDERS = {"AWS_REGION", "AWS_ACCOUNT_ID", "SQS_QUEUE_NAME", "S3_BUCKET_NAME", "S3_PREFIX",
-                "OIDC_PROVIDER", "KMS_KEY_ARN"}
+                "S3_ERRORS_PREFIX", "OIDC_PROVIDER", "KMS_KEY_ARN"}
 
 # Actions the code can call on a path this test's runs do not reach: action -> the function
 # that calls it. Empty: every call site is exercised below. Add an entry only with a reason.
@@ -106,6 +106,8 @@ FLAGS = Path({folder!r})
 
 def build(options, context):
     def hold(record):
+        if record.message.body == "poison":
+            raise ValueError("this message can never be processed")
         if record.message.body == "hold":
             (FLAGS / "holding").touch()
             deadline = time.monotonic() + 30
@@ -128,12 +130,12 @@ def _run(tmp_path: Path, config: dict[str, Any], bodies: list[str],
     recorder = CallRecorder(running)
     sqs = boto3.client("sqs", region_name=REGION)
     queue_url = config["source"]["queue_url"]
-    normal = [b for b in bodies if b != "hold"]
     running.start()
     try:
         for body in bodies:
             sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-        wait_for(lambda: running.stats["processed"] == len(normal), message="messages stored")
+        wait_for(lambda: running.stats["processed"] == len(bodies) - ("hold" in bodies),
+                 message="messages stored (errors too) and deleted")
         if hold:
             wait_for(lambda: (tmp_path / "holding").exists(), message="the held message")
     finally:
@@ -174,8 +176,9 @@ def test_the_run_reaches_every_call_site(default_run):
     recorder, running, stored, _ = default_run
     assert running.stats["released"] == 1  # the held message was handed back at shutdown
     assert len(stored) == 2
-    assert recorder.operations() == {"sqs:ReceiveMessage", "s3:PutObject",
-                                     "sqs:DeleteMessageBatch", "sqs:ChangeMessageVisibilityBatch"}
+    assert recorder.operations() == {"sqs:GetQueueAttributes", "sqs:ReceiveMessage",
+                                     "s3:PutObject", "sqs:DeleteMessageBatch",
+                                     "sqs:ChangeMessageVisibilityBatch"}
 
 
 def test_the_policy_grants_exactly_the_actions_the_processor_calls(default_run):
@@ -199,6 +202,18 @@ def test_each_action_granted_for_an_unreached_path_has_a_caller():
         assert f".{snake}" in source, f"{where} does not call {action}"
 
 
+def _granted_resources(name: str, action: str, **values: str) -> list[str]:
+    return [_fill(statement["Resource"], **values) for statement in statements(name)
+            if action in ([statement["Action"]] if isinstance(statement["Action"], str)
+                          else statement["Action"])]
+
+
+def _put_objects(recorder: CallRecorder) -> list[str]:
+    return [f"arn:aws:s3:::{params['Bucket']}/{params['Key']}"
+            for service, operation, params in recorder.calls
+            if (service, operation) == ("s3", "PutObject")]
+
+
 def test_the_written_keys_fall_under_the_granted_prefix(default_run):
     _, _, stored, config = default_run
     bucket, prefix = config["sink"]["bucket"], config["sink"]["prefix"]
@@ -208,6 +223,27 @@ def test_the_written_keys_fall_under_the_granted_prefix(default_run):
     for key in stored:
         assert fnmatch.fnmatchcase(f"arn:aws:s3:::{bucket}/{key}", pattern)
     assert not fnmatch.fnmatchcase(f"arn:aws:s3:::{bucket}/elsewhere/x.json", pattern)
+
+
+def test_an_error_sink_writes_under_its_own_prefix_which_its_extra_policy_grants(
+        tmp_path, sqs, s3, aws_env, queue_url, bucket):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "hold.py").write_text(HOLD_PLUGIN.format(folder=str(tmp_path)))
+    config = pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
+                             transforms=["json_parse", "hold"],
+                             errors={"after_receives": 1, "sink": "s3", "prefix": "failed/"})
+    recorder, running = _run(tmp_path, config, ["fine", "poison"])
+    assert running.stats["processed"] == 2
+    values = {"S3_BUCKET_NAME": bucket, "S3_PREFIX": "archive/", "S3_ERRORS_PREFIX": "failed/"}
+    puts = _put_objects(recorder)
+    assert len(puts) == 2
+    main = _granted_resources("policy.json", "s3:PutObject", **values)
+    errors = _granted_resources("policy-error-sink.json", "s3:PutObject", **values)
+    archived = [p for p in puts if any(fnmatch.fnmatchcase(p, r) for r in main)]
+    failed = [p for p in puts if any(fnmatch.fnmatchcase(p, r) for r in errors)]
+    assert len(archived) == 1 and len(failed) == 1 and archived != failed
+    assert recorder.actions() <= granted("policy.json")  # no new action, only a new prefix
 
 
 def test_tags_and_a_kms_key_need_exactly_their_extra_policies(tmp_path, sqs, s3, aws_env,
@@ -234,6 +270,7 @@ def _fill(text: str, **values: str) -> str:
 
 VALUES = {"AWS_REGION": "eu-west-1", "AWS_ACCOUNT_ID": "210987654321", "SQS_QUEUE_NAME": "orders",
           "S3_BUCKET_NAME": "orders-archive", "S3_PREFIX": "sqs-messages/",
+          "S3_ERRORS_PREFIX": "errors/",
           "OIDC_PROVIDER": "oidc.eks.eu-west-1.amazonaws.com/id/EXAMPLE",
           "KMS_KEY_ARN": "arn:aws:kms:eu-west-1:210987654321:key/"
                          "1234abcd-12ab-34cd-56ef-1234567890ab"}
@@ -248,7 +285,8 @@ def test_every_policy_uses_only_documented_placeholders_and_no_wildcard_resource
         resources = statement.get("Resource", [])
         for resource in [resources] if isinstance(resources, str) else resources:
             assert resource != "*" and "${" not in resource
-            assert "*" not in resource or resource == "arn:aws:s3:::orders-archive/sqs-messages/*"
+            assert "*" not in resource or resource in ("arn:aws:s3:::orders-archive/sqs-messages/*",
+                                                       "arn:aws:s3:::orders-archive/errors/*")
 
 
 def test_sqs_actions_are_scoped_to_the_one_queue():

@@ -303,3 +303,89 @@ def test_an_unknown_option_name_with_a_newline_keeps_the_error_on_one_line():
     with pytest.raises(ConfigError) as info:
         validate_options(SINK_OPTIONS, {"buck\net": "b"}, "sink")
     assert len(str(info.value).splitlines()) == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Typed list items
+# --------------------------------------------------------------------------------------------
+
+
+def test_list_items_are_converted_to_their_declared_type():
+    assert Option("ports", list, items=int).convert(["80", 443], KEY) == [80, 443]
+    assert Option("flags", list, items=bool).convert(["yes", False], KEY) == [True, False]
+
+
+@pytest.mark.parametrize(("items", "value", "key", "problem"), [
+    (str, ["a", 3], f"{KEY}[1]", "has the wrong type"),
+    (int, ["1", "x"], f"{KEY}[1]", "has the wrong type"),
+    (str, ["a", None], f"{KEY}[1]", "is empty"),
+])
+def test_a_bad_list_item_is_named_by_its_index(items, value, key, problem):
+    with pytest.raises(ConfigError) as info:
+        Option("opt", list, items=items).convert(value, KEY)
+    assert info.value.key == key
+    assert info.value.problem == problem
+
+
+def test_a_list_of_strings_reads_as_such_in_errors():
+    with pytest.raises(ConfigError) as info:
+        Option("opt", list, items=str).convert("a,b", KEY)
+    assert str(info.value) == f"{KEY}: 'a,b' has the wrong type; expected a list of strings"
+
+
+# --------------------------------------------------------------------------------------------
+# Declarations check themselves
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (Option("size", int, "large"), "option 'size' has an invalid default: size: 'large' has the "
+                                   "wrong type; expected an integer"),
+    (Option("size", int, 99, maximum=10), "option 'size' has an invalid default: size: 99 is out "
+                                          "of range; expected an integer of at most 10"),
+    (Option("mode", str, "fast", choices=("slow",)), "option 'mode' has an invalid default"),
+    (Option("when", object), "option 'when' has unsupported type"),
+    (Option("tags", str, "", items=str), "items= applies to list options"),
+    (Option("Bad-Name", str, ""), "option name 'Bad-Name' must be lower-case letters"),
+])
+def test_an_impossible_declaration_is_rejected_naming_the_component_and_option(option, message):
+    from sqs_processor import TransformSpec
+
+    with pytest.raises(ValueError) as info:
+        TransformSpec("demo", lambda options, context: None, options=(option,))
+    assert str(info.value).startswith("transform 'demo': ")
+    assert message in str(info.value)
+
+
+def test_duplicate_and_reserved_option_names_are_rejected():
+    from sqs_processor import SinkSpec
+
+    with pytest.raises(ValueError, match="option 'a' is declared twice"):
+        SinkSpec("demo", lambda o, c: None, options=(Option("a", str, ""), Option("a", int, 1)))
+    with pytest.raises(ValueError, match="'type' is reserved"):
+        SinkSpec("demo", lambda o, c: None, options=(Option("type", str, ""),))
+    with pytest.raises(TypeError, match="options must be Option declarations, not dict"):
+        SinkSpec("demo", lambda o, c: None, options=({"name": "a"},))
+
+
+def test_a_list_or_mapping_default_is_a_fresh_copy_for_every_block():
+    options = (Option("tags", list, ["a"]), Option("extra", dict, {"k": []}))
+    first = validate_options(options, {}, "x")
+    first["tags"].append("changed")
+    first["extra"]["k"].append(1)
+    assert validate_options(options, {}, "x") == {"tags": ["a"], "extra": {"k": []}}
+
+
+@pytest.mark.parametrize(("option", "labels"), [
+    (Option("a", str), ("string", "(required)", "")),
+    (Option("a", int, None, minimum=0, maximum=10), ("integer", "(unset)", "0-10")),
+    (Option("a", float, 30.0, minimum=1), ("number", "30", "at least 1")),
+    (Option("a", float, 0.5, maximum=2.5), ("number", "0.5", "at most 2.5")),
+    (Option("a", bool, False), ("boolean", "false", "")),
+    (Option("a", list, [], items=str), ("list of strings", "[]", "")),
+    (Option("a", dict, {"k": "v"}), ("mapping", "{k: v}", "")),
+    (Option("a", str, "sent", choices=("sent", "received")), ("string", "sent", "sent, received")),
+    (Option("a", str, ""), ("string", '""', "")),
+])
+def test_options_describe_themselves_for_docs_and_describe(option, labels):
+    assert (option.type_label(), option.default_label(), option.allowed_label()) == labels

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -294,5 +295,8 @@ def test_a_component_that_fails_to_start_stops_the_run_with_exit_code_1(tmp_path
     assert runner.run() == 1
     assert runner.state == "stopped"
     assert runner.pipeline.stats.snapshot()["received"] == 0
-    assert any("could not start the sink: PermissionError: no access to the archive"
-               in r.getMessage() for r in caplog.records)
+    [line] = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    # The component, the plugin that provides it, the error, and where it was raised.
+    assert line.startswith("could not start the sink 'memory' from module memory: "
+                           "PermissionError: no access to the archive (")
+    assert line.endswith(f"{__file__}, line {refuse.__code__.co_firstlineno + 1})")
