@@ -104,7 +104,7 @@ def _tracing_hint() -> str:
                 "  OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 make run\n")
     return ("Traces: off (no OTEL_EXPORTER_OTLP_ENDPOINT). To see them in Jaeger, start one with "
             "OTLP on\n"
-            "  docker run --rm -p 16686:16686 -p 4318:4318 jaegertracing/jaeger:latest\n"
+            "  docker run --rm -p 16686:16686 -p 4318:4318 jaegertracing/jaeger:2.15.0\n"
             "then run: OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318 make run   "
             "(UI: http://127.0.0.1:16686)\n")
 

@@ -5,6 +5,13 @@ clock, so a redelivered message maps to the same key however late it comes back.
 conditional (``If-None-Match: *``): when the object already exists S3 answers 412, which means an
 earlier delivery was stored, and counts as success. The key is built only from the configured
 prefix, the timestamp and the SQS-assigned message id, never from the body or attributes.
+
+The security options map onto PutObject parameters and are checked before anything connects:
+``expected_bucket_owner`` (ExpectedBucketOwner: S3 answers 403 if another account owns the
+bucket), ``server_side_encryption`` with ``kms_key_id`` and ``bucket_key_enabled`` (SSE-S3,
+SSE-KMS or DSSE-KMS), ``tags`` (the Tagging query string; needs ``s3:PutObjectTagging``),
+``metadata`` (``x-amz-meta-*`` headers) and ``checksum_algorithm`` (S3 verifies the body against
+it and keeps it with the object).
 """
 
 from __future__ import annotations
@@ -14,8 +21,11 @@ import re
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
+import botocore.session
 import orjson
+from botocore.compat import HAS_CRT
 from botocore.exceptions import ClientError
 
 from sqs_processor import (
@@ -35,6 +45,11 @@ from sqs_processor.checks import LastCallCheck
 from sqs_processor.errors import CONTROL_CHARACTERS, error_code
 from sqs_processor.options import REQUIRED
 
+SSE_CHOICES = ("AES256", "aws:kms", "aws:kms:dsse")
+CHECKSUM_CHOICES = ("CRC32", "CRC32C", "SHA1", "SHA256", "CRC64NVME")
+# Checksums botocore computes only with the AWS CRT installed (botocore[crt]).
+CRT_CHECKSUMS = ("CRC32C", "CRC64NVME")
+
 OPTIONS = (
     Option("bucket", str, REQUIRED, "Name of the S3 bucket to write to."),
     Option("prefix", str, "sqs-messages/",
@@ -46,6 +61,28 @@ OPTIONS = (
     Option("conditional_write", bool, True,
            "Put with If-None-Match: * so a redelivery never overwrites (turn off only for "
            "S3-compatible stores that reject the header)."),
+    Option("expected_bucket_owner", str, None,
+           "12-digit account id that must own the bucket (ExpectedBucketOwner); empty or "
+           "unset: not checked."),
+    Option("server_side_encryption", str, None,
+           "Encryption of every object: AES256 (SSE-S3), aws:kms (SSE-KMS) or aws:kms:dsse "
+           "(DSSE-KMS); unset: the bucket's default encryption.",
+           choices=SSE_CHOICES),
+    Option("kms_key_id", str, None,
+           "KMS key for aws:kms or aws:kms:dsse (key id, key ARN, alias/name or alias ARN); "
+           "unset: the AWS managed key aws/s3."),
+    Option("bucket_key_enabled", bool, None,
+           "Use an S3 Bucket Key with aws:kms (fewer KMS requests); unset: the bucket's "
+           "setting."),
+    Option("tags", dict, None,
+           "Object tags, name: value (at most 10; needs s3:PutObjectTagging)."),
+    Option("metadata", dict, None,
+           "User metadata stored as x-amz-meta-<name> headers, name: value (lowercase names, "
+           "ASCII values, 2 KB in all)."),
+    Option("checksum_algorithm", str, None,
+           "Checksum S3 verifies and stores with each object; CRC32C and CRC64NVME need "
+           "botocore[crt]. Unset: botocore's default.",
+           choices=CHECKSUM_CHOICES),
     Option("batch", dict, None,
            "Batched mode: many messages per NDJSON object. Keys: max_records (500), max_bytes "
            "(8 MiB), max_age_seconds (10), compression (none or gzip). Unset: one object per "
@@ -56,8 +93,9 @@ BATCH_KEYS = {"max_records": (int, 500, 1, 100_000), "max_bytes": (int, 8 * 1024
                                                                      1024 ** 3),
               "max_age_seconds": (float, 10.0, 0.05, 3600.0)}
 
-_BUCKET = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._-]{1,253}[a-zA-Z0-9]$")
-_MESSAGE_ID = re.compile(r"^[A-Za-z0-9_:.-]{1,128}$")
+# \Z, not $: "$" also matches before a trailing line break.
+_BUCKET = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9._-]{1,253}[a-zA-Z0-9]\Z")
+_MESSAGE_ID = re.compile(r"\A[A-Za-z0-9_:.-]{1,128}\Z")
 # A key is at most 1024 bytes; the date folders, a 128-character id and ".json" need 147.
 MAX_PREFIX_BYTES = 1024 - 147
 
@@ -98,16 +136,158 @@ def check_prefix(prefix: str, key: str) -> None:
                           expected=f"at most {MAX_PREFIX_BYTES} bytes")
 
 
+_ACCOUNT_ID = re.compile(r"\A[0-9]{12}\Z")
+_KMS_KEY = re.compile(
+    r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # key id
+    r"|mrk-[0-9a-f]{32}"  # multi-Region key id
+    r"|alias/[A-Za-z0-9/_-]{1,250}"  # alias name
+    r"|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(?:key/[A-Za-z0-9-]+|alias/[A-Za-z0-9/_-]{1,250}))\Z"
+)
+# S3 object tags: at most 10; keys 1-128 and values 0-256 characters of letters, digits, spaces
+# and + - = . _ : / @; keys may not start with "aws:".
+MAX_TAGS = 10
+_TAG_TEXT = re.compile(r"\A[\w +\-=.:/@]*\Z")
+# User metadata travels as x-amz-meta-<name> headers; S3 lowercases names and allows 2 KB in all.
+MAX_METADATA_BYTES = 2048
+_METADATA_NAME = re.compile(r"\A[a-z0-9][a-z0-9_.-]*\Z")
+_METADATA_VALUE = re.compile(r"\A[\x20-\x7e]*\Z")
+
+
+def _text_entries(raw: Mapping[Any, Any], key: str, what: str) -> list[tuple[str, str]]:
+    """The (name, value) pairs of a tags/metadata mapping; both must be text."""
+    entries = []
+    for name, value in raw.items():
+        if not isinstance(name, str) or not name:
+            raise ConfigError(key, f"has a {what} name that is not text", value=name,
+                              expected="a non-empty string")
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}.{name}", "has the wrong type", value=value,
+                              expected="a string (quote numbers and booleans, e.g. '2')")
+        entries.append((name, value))
+    return entries
+
+
+def check_tags(raw: Mapping[Any, Any] | None, key: str) -> str | None:
+    """Validate object tags against S3's limits; return the URL-encoded Tagging value."""
+    if not raw:
+        return None
+    entries = _text_entries(raw, key, "tag")
+    if len(entries) > MAX_TAGS:
+        raise ConfigError(key, f"has {len(entries)} tags", expected=f"at most {MAX_TAGS}")
+    for name, value in entries:
+        if len(name) > 128 or not _TAG_TEXT.match(name):
+            raise ConfigError(key, "has a tag name S3 rejects", value=name,
+                              expected="1-128 letters, digits, spaces or + - = . _ : / @")
+        if name.lower().startswith("aws:"):
+            raise ConfigError(key, "has a tag name in the reserved 'aws:' namespace", value=name,
+                              expected="a name that does not start with 'aws:'")
+        if len(value) > 256 or not _TAG_TEXT.match(value):
+            raise ConfigError(f"{key}.{name}", "is a tag value S3 rejects", value=value,
+                              expected="0-256 letters, digits, spaces or + - = . _ : / @")
+    return "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in entries)
+
+
+def check_metadata(raw: Mapping[Any, Any] | None, key: str) -> dict[str, str] | None:
+    """Validate user metadata (header-safe names and values, 2 KB in all)."""
+    if not raw:
+        return None
+    entries = _text_entries(raw, key, "metadata")
+    for name, value in entries:
+        if not _METADATA_NAME.match(name):
+            raise ConfigError(key, "has a metadata name that is not a lowercase header name",
+                              value=name, expected="lowercase letters, digits, '-', '_' or '.', "
+                                                   "starting with a letter or digit")
+        if not _METADATA_VALUE.match(value):
+            raise ConfigError(f"{key}.{name}", "is not printable ASCII text", value=value,
+                              expected="characters from ' ' to '~' (no line breaks, no "
+                                       "non-ASCII)")
+    size = sum(len(name) + len(value) for name, value in entries)
+    if size > MAX_METADATA_BYTES:
+        raise ConfigError(key, f"is {size} bytes of names and values",
+                          expected=f"at most {MAX_METADATA_BYTES} bytes")
+    return dict(entries)
+
+
+def check_encryption(options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """The PutObject encryption parameters for the SSE options, or a ConfigError."""
+    sse, key_id, bucket_key = (options["server_side_encryption"], options["kms_key_id"],
+                               options["bucket_key_enabled"])
+    params: dict[str, Any] = {}
+    if sse is not None:
+        params["ServerSideEncryption"] = sse
+    if key_id is not None:
+        if sse not in ("aws:kms", "aws:kms:dsse"):
+            raise ConfigError(f"{where}.kms_key_id", "is set without KMS encryption",
+                              value=key_id, expected=f"{where}.server_side_encryption: aws:kms "
+                                                     "or aws:kms:dsse")
+        if not _KMS_KEY.match(key_id):
+            raise ConfigError(f"{where}.kms_key_id", "is not a KMS key id, key ARN or alias",
+                              value=key_id,
+                              expected="e.g. arn:aws:kms:us-west-1:123456789012:key/<key-id> "
+                                       "or alias/<name>")
+        params["SSEKMSKeyId"] = key_id
+    if bucket_key is not None:
+        if sse != "aws:kms":
+            raise ConfigError(f"{where}.bucket_key_enabled",
+                              "applies only to SSE-KMS (S3 Bucket Keys do not exist for "
+                              "SSE-S3 or DSSE-KMS)", value=bucket_key,
+                              expected=f"{where}.server_side_encryption: aws:kms, or leave "
+                                       "bucket_key_enabled unset")
+        params["BucketKeyEnabled"] = bucket_key
+    return params
+
+
+def check_checksum(algorithm: str | None, key: str) -> None:
+    """Reject a checksum this botocore cannot compute, before any message depends on it."""
+    if algorithm is None:
+        return
+    if algorithm in CRT_CHECKSUMS and not HAS_CRT:
+        raise ConfigError(key, f"{algorithm} needs the AWS CRT, which is not installed",
+                          value=algorithm,
+                          expected="pip install 'botocore[crt]', or CRC32, SHA1 or SHA256")
+    model = botocore.session.get_session().get_service_model("s3")  # read from disk only
+    supported = model.shape_for("ChecksumAlgorithm").enum
+    if algorithm not in supported:
+        raise ConfigError(key, f"{algorithm} is not supported by this botocore",
+                          value=algorithm, expected="a newer boto3, or one of "
+                                                    + ", ".join(supported))
+
+
+def put_parameters(options: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """Every PutObject parameter the sink's options add, validated."""
+    params: dict[str, Any] = {}
+    owner = options["expected_bucket_owner"]
+    if owner:  # empty means "not checked", so an unset ${VAR:-} works
+        if not _ACCOUNT_ID.match(owner):
+            raise ConfigError(f"{where}.expected_bucket_owner", "is not an AWS account id",
+                              value=owner, expected="12 digits, e.g. 123456789012")
+        params["ExpectedBucketOwner"] = owner
+    params.update(check_encryption(options, where))
+    tagging = check_tags(options["tags"], f"{where}.tags")
+    if tagging:
+        params["Tagging"] = tagging
+    metadata = check_metadata(options["metadata"], f"{where}.metadata")
+    if metadata:
+        params["Metadata"] = metadata
+    check_checksum(options["checksum_algorithm"], f"{where}.checksum_algorithm")
+    if options["checksum_algorithm"]:
+        params["ChecksumAlgorithm"] = options["checksum_algorithm"]
+    return params
+
+
 class S3Sink(Sink):
     """Writes each record as its own object; thread-safe."""
 
-    def __init__(self, client: Any, options: Mapping[str, Any]) -> None:
+    def __init__(self, client: Any, options: Mapping[str, Any],
+                 extra: Mapping[str, Any] | None = None) -> None:
         self.client = client
         self.bucket: str = options["bucket"]
         self.prefix: str = options["prefix"]
         self.use_sent_time = options["partition_time"] == "sent"
         self.content_type: str = options["content_type"]
         self._condition = {"IfNoneMatch": "*"} if options["conditional_write"] else {}
+        # ExpectedBucketOwner, encryption, tags, metadata, checksum: the same on every put.
+        self.put_options: dict[str, Any] = dict(extra or {})
         self.check = LastCallCheck(f"write to bucket {self.bucket}")
         self.batch: BatchPolicy | None = options.get("batch_policy")
         self.gzip: bool = bool(options.get("batch_gzip"))
@@ -157,7 +337,8 @@ class S3Sink(Sink):
         location = f"s3://{self.bucket}/{key}"
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
-                                   ContentType=content_type, **self._condition, **(extra or {}))
+                                   ContentType=content_type, **self._condition,
+                                   **self.put_options, **(extra or {}))
         except ClientError as exc:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status == 412 or error_code(exc) == "PreconditionFailed":
@@ -203,8 +384,9 @@ def build(options: Mapping[str, Any], context: BuildContext) -> S3Sink:
     check_bucket(options["bucket"], f"{context.where}.bucket")
     check_prefix(options["prefix"], f"{context.where}.prefix")
     policy, use_gzip = batch_policy(options["batch"], f"{context.where}.batch")
+    extra = put_parameters(options, context.where)
     return S3Sink(context.aws.client("s3"),
-                  {**options, "batch_policy": policy, "batch_gzip": use_gzip})
+                  {**options, "batch_policy": policy, "batch_gzip": use_gzip}, extra)
 
 
 @hookimpl

@@ -70,20 +70,6 @@ def test_every_hook_is_in_the_readme_table():
         assert f"`{name}(" in README, f"{name} is not documented in the README"
 
 
-def test_the_kubernetes_configmap_pipeline_validates(aws_env, tmp_path: Path):
-    documents = list(yaml.safe_load_all((ROOT / "k8s" / "configmap.yaml").read_text()))
-    data = documents[0]["data"]
-    path = tmp_path / "pipeline.yaml"
-    path.write_text(data.pop("pipeline.yaml"))
-    env = cli_env(aws_env, **data)
-    env.update(SQS_QUEUE_URL="https://sqs.us-west-1.amazonaws.com/123456789012/orders",
-               S3_BUCKET_NAME="orders-archive")
-    result = subprocess.run([*CLI, "validate", "--config", str(path)], env=env,
-                            capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert "sqs -> json_parse -> enrich -> s3 -> sqs_delete" in result.stdout
-
-
 # --------------------------------------------------------------------------------------------
 # The generated configuration reference
 # --------------------------------------------------------------------------------------------
