@@ -110,7 +110,7 @@ LEGACY_PLUGIN_KEYS = ("plugin_paths", "load_entrypoints")
 
 # "$${" is a literal "${"; "${...}" a reference; "${" with no closing brace is an error.
 _VAR = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{[^}]*$")
-_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VAR_NAME = re.compile(r"\A[A-Za-z_][A-Za-z0-9_]*\Z")
 _REFERENCE_FORMS = "${NAME}, ${NAME:-default} or ${NAME-default}"
 
 
@@ -341,7 +341,7 @@ def _string_list(raw: Any, where: str) -> list[str]:
     return [item.strip() for item in raw]
 
 
-_MODULE_REF = re.compile(r"^[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?$")
+_MODULE_REF = re.compile(r"\A[A-Za-z_][\w.]*(:[A-Za-z_][\w.]*)?\Z")
 
 
 def _env_names(environ: Mapping[str, str], name: str) -> tuple[str, ...]:
@@ -496,7 +496,7 @@ def parse_config(
                               expected="none, or the name of a sink") from None
         aws = validate_options(AWS_OPTIONS, document.get("aws"), "aws")
         _check_endpoint(aws["endpoint_url"], "aws.endpoint_url")
-        if aws["region"] is not None and not re.match(r"^[a-z]{2}(-[a-z]+)+-\d+$", aws["region"]):
+        if aws["region"] is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", aws["region"]):
             raise ConfigError("aws.region", "is not an AWS region name", value=aws["region"],
                               expected="e.g. us-west-1")
         for section in ("source", "sink", "ack"):

@@ -38,7 +38,7 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 _TYPE_LABELS = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
                 dict: "mapping"}
 _ITEM_LABELS = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}
-_OPTION_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_OPTION_NAME = re.compile(r"\A[a-z][a-z0-9_]{0,63}\Z")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
 

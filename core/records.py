@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from sqs_processor.components import Acker, Sink, Source, Transform
     from sqs_processor.config import PipelineConfig
 
-_NAME = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
+_NAME = re.compile(r"\A[a-z][a-z0-9_.]{0,63}\Z")
 
 
 def normalise_name(name: str) -> str:

@@ -793,3 +793,8 @@ def test_json_parse_target_must_be_a_field_name(tmp_path):
 def test_errors_about_names_with_newlines_stay_on_one_line(tmp_path, extra):
     error = text_error(tmp_path, MINIMAL + extra + "\n")
     assert len(str(error).splitlines()) == 1
+
+
+def test_a_trailing_line_break_does_not_pass_the_region_check(tmp_path):
+    text = MINIMAL.replace(f"region: {REGION}", 'region: "us-west-1\\n"')
+    assert text_error(tmp_path, text).key == "aws.region"
