@@ -382,8 +382,10 @@ class Profiler:
 
     def attach(self, pid: int) -> None:
         py_spy = Path(sys.executable).with_name("py-spy")
+        # --gil: only the thread holding the GIL is sampled, i.e. Python running on a CPU.
         command = [str(py_spy) if py_spy.exists() else "py-spy", "record", "--pid", str(pid),
-                   "--format", "raw", "--rate", str(self.rate), "--output", str(self.output)]
+                   "--format", "raw", "--rate", str(self.rate), "--gil",
+                   "--output", str(self.output)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
 

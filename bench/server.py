@@ -16,10 +16,11 @@ with three additions, all in this process only:
   sent message's id, ``SentTimestamp`` and body. ``/_bench/verify`` checks a run against that
   record without a request per object.
 
-The HTTP server is waitress rather than werkzeug's development server, which closes the
-connection after every response: AWS clients keep connections alive, and a new TCP connection
-per call would add client CPU that the processor would not spend against AWS (and exhaust
-loopback ports over a long run).
+The HTTP server is waitress (the ``bench`` extra) rather than werkzeug's development server,
+which closes the connection after every response: AWS clients keep connections alive, and a new
+TCP connection per call would add client CPU that the processor would not spend against AWS
+(and exhaust loopback ports over a long run). Without waitress it falls back to werkzeug's
+server, as ``ThreadedMotoServer`` runs it, and says so in ``/_bench/ping``.
 
 Control endpoints (JSON in and out):
 
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import io
 import json
 import logging
 import os
@@ -45,6 +47,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qs
@@ -140,9 +143,12 @@ def _service_and_action(environ: dict[str, Any]) -> tuple[str, str]:
 class BenchMiddleware:
     """Adds the latency, records what happened, and answers ``/_bench/...``."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], patches: list[str]) -> None:
+    def __init__(self, app: Callable[..., Iterable[bytes]], patches: list[str],
+                 http_server: str, fast_put: bool = True) -> None:
         self.app = app
-        self.patches = patches
+        self.http_server = http_server
+        self.fast_put = fast_put
+        self.patches = [*patches, FAST_PUT_NOTE] if fast_put else patches
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
         path = environ.get("PATH_INFO", "")
@@ -162,7 +168,10 @@ class BenchMiddleware:
 
         cpu_start = time.thread_time()
         wall_start = time.perf_counter()
-        body = b"".join(self.app(environ, capture))
+        fast = None
+        if self.fast_put and service == "s3" and action == "PutObject":
+            fast = fast_put_object(environ, capture)
+        body = b"".join(fast if fast is not None else self.app(environ, capture))
         RECORDER.request(f"{service}:{action}", time.thread_time() - cpu_start,
                          time.perf_counter() - wall_start)
         if (service == "s3" and action == "PutObject" and status_holder
@@ -194,7 +203,7 @@ class BenchMiddleware:
 
     def _do_ping(self, payload: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "latency_ms": RECORDER.latency_seconds * 1000,
-                "http_server": "waitress", "patches": self.patches, "pid": os.getpid()}
+                "http_server": self.http_server, "patches": self.patches, "pid": os.getpid()}
 
     def _do_latency(self, payload: dict[str, Any]) -> dict[str, Any]:
         RECORDER.latency_seconds = max(0.0, float(payload["ms"]) / 1000)
@@ -298,12 +307,100 @@ def _check_document(raw: bytes, message_id: str, body: str) -> str:
     return ""
 
 
-def build_app() -> BenchMiddleware:
+def build_app(http_server: str = "waitress", fast_put: bool = True) -> BenchMiddleware:
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 
     patches = moto_patches.apply()
     _record_sends()
-    return BenchMiddleware(DomainDispatcherApplication(create_backend_app), patches)
+    return BenchMiddleware(DomainDispatcherApplication(create_backend_app), patches,
+                           http_server, fast_put)
+
+
+# --------------------------------------------------------------------------------------------
+# PutObject without moto's HTTP layer
+# --------------------------------------------------------------------------------------------
+
+FAST_PUT_NOTE = ("PutObject: plain puts are stored through moto's own S3 model (same objects, "
+                 "ETag and checksum) without its Flask/response layer; anything else, and every "
+                 "412, goes through moto unchanged")
+
+# The request headers a plain boto3 put_object sends; any other header (metadata, ACL, tagging,
+# encryption, object lock, aws-chunked bodies, ...) sends the request through moto's full path.
+_PLAIN_PUT_HEADERS = frozenset({
+    "CONTENT_TYPE", "CONTENT_LENGTH", "HTTP_HOST", "HTTP_USER_AGENT", "HTTP_EXPECT",
+    "HTTP_X_AMZ_DATE", "HTTP_X_AMZ_CONTENT_SHA256", "HTTP_AUTHORIZATION",
+    "HTTP_AMZ_SDK_INVOCATION_ID", "HTTP_AMZ_SDK_REQUEST", "HTTP_IF_NONE_MATCH",
+    "HTTP_CONTENT_MD5", "HTTP_ACCEPT_ENCODING", "HTTP_CONNECTION", "HTTP_X_AMZ_USER_AGENT",
+    "HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM", "HTTP_X_AMZ_CHECKSUM_CRC32", "HTTP_X_AMZ_CHECKSUM_CRC32C",
+    "HTTP_X_AMZ_CHECKSUM_CRC64NVME", "HTTP_X_AMZ_CHECKSUM_SHA1", "HTTP_X_AMZ_CHECKSUM_SHA256",
+})
+_PLAIN_KEY_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                  "0123456789/._-")
+
+
+def fast_put_object(environ: dict[str, Any],
+                    start_response: Callable[..., Any]) -> list[bytes] | None:
+    """Store a plain path-style PutObject via moto's S3 model; None means "let moto do it"."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    path = environ.get("PATH_INFO", "")
+    host = environ.get("HTTP_HOST", "").rsplit(":", 1)[0]
+    if (environ.get("QUERY_STRING") or not set(path) <= _PLAIN_KEY_CHARACTERS
+            or host not in ("127.0.0.1", "localhost")):
+        return None
+    if any(name.startswith("HTTP_") and name not in _PLAIN_PUT_HEADERS for name in environ):
+        return None
+    if environ.get("HTTP_X_AMZ_CONTENT_SHA256", "").startswith("STREAMING"):
+        return None
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none_match not in (None, "*"):
+        return None
+    bucket_name, _, key_name = path.lstrip("/").partition("/")
+    backend = s3_backends[DEFAULT_ACCOUNT_ID]["aws"]
+    bucket = backend.buckets.get(bucket_name)
+    if (not key_name or bucket is None or bucket.is_versioned or bucket.encryption
+            or bucket.object_lock_enabled or bucket.notification_configuration):
+        return None
+    if if_none_match == "*" and bucket.keys.get(key_name) is not None:
+        return None  # moto answers 412 PreconditionFailed itself
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length) if length else b""
+    algorithm = environ.get("HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM", "")
+    checksum_header = f"x-amz-checksum-{algorithm.lower()}" if algorithm else ""
+    checksum = environ.get("HTTP_" + checksum_header.upper().replace("-", "_")) if algorithm \
+        else None
+    if algorithm and not checksum:
+        environ["wsgi.input"] = io.BytesIO(body)  # moto computes it from the body
+        return None
+    stored = backend.put_object(bucket_name, key_name, body, checksum_value=checksum)
+    stored.set_metadata({"Content-Type": environ.get("CONTENT_TYPE") or "binary/octet-stream"})
+    if algorithm:
+        stored.checksum_algorithm = algorithm
+    headers = [("ETag", stored.etag), ("Last-Modified", stored.last_modified_RFC1123),
+               ("Content-Length", "0"), ("x-amz-request-id", uuid.uuid4().hex)]
+    if checksum:
+        headers.append((checksum_header, checksum))
+    start_response("200 OK", headers)
+    return [b""]
+
+
+def _serve_waitress(app: BenchMiddleware, host: str, port: int, threads: int) -> Any:
+    import waitress
+
+    server = waitress.create_server(
+        app, host=host, port=port, threads=threads, connection_limit=4 * threads,
+        channel_timeout=300, asyncore_use_poll=True, ident="bench")
+    return server, server.effective_port, server.run, server.close
+
+
+def _serve_werkzeug(app: BenchMiddleware, host: str, port: int, threads: int) -> Any:
+    # What ThreadedMotoServer runs: a thread per connection, one request per connection.
+    from moto.moto_server.werkzeug_app import MotoRequestHandler
+    from werkzeug.serving import make_server
+
+    server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+    return server, server.server_address[1], server.serve_forever, server.server_close
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -313,20 +410,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--threads", type=int, default=DEFAULT_THREADS,
-                        help="requests handled at once (each sleeping one holds a thread)")
+                        help="waitress: requests handled at once (a sleeping one holds a thread)")
+    parser.add_argument("--http-server", choices=("auto", "waitress", "werkzeug"),
+                        default="auto", help="auto: waitress if installed (the bench extra), "
+                        "else werkzeug's server, which closes every connection")
+    parser.add_argument("--no-fast-put", dest="fast_put", action="store_false",
+                        help="send every PutObject through moto's full HTTP layer")
     args = parser.parse_args(argv)
-    try:
-        import waitress
-    except ImportError as exc:
-        raise SystemExit("the bench server needs waitress: pip install -e '.[bench]' "
-                         f"({exc})") from None
+    kind = args.http_server
+    if kind == "auto":
+        try:
+            import waitress  # noqa: F401
+            kind = "waitress"
+        except ImportError:
+            kind = "werkzeug"
     logging.basicConfig(level=logging.ERROR)
     RECORDER.latency_seconds = args.latency_ms / 1000
-    server = waitress.create_server(
-        build_app(), host=args.host, port=args.port, threads=args.threads,
-        connection_limit=4 * args.threads, channel_timeout=300, asyncore_use_poll=True,
-        ident="bench")
-    print(f"bench server listening on http://{args.host}:{server.effective_port}", flush=True)
+    app = build_app(kind, args.fast_put)
+    serve = _serve_waitress if kind == "waitress" else _serve_werkzeug
+    _, port, run, close = serve(app, args.host, args.port, args.threads)
+    print(f"bench server listening on http://{args.host}:{port}", flush=True)
 
     def stop(*_: object) -> None:
         raise SystemExit(0)
@@ -334,11 +437,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        server.run()
+        run()
     except SystemExit:
         pass
     finally:
-        server.close()
+        close()
     return 0
 
 
