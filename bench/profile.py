@@ -15,6 +15,9 @@ A share of samples times the measured CPU per message gives milliseconds per mes
 outside the GIL (system calls, C code that releases it) is not sampled, so the shares describe
 the Python part; the README says how large that part is.
 
+A second profile samples every thread (no ``--gil``) to show where the runner's threads wait:
+pollers waiting for in-flight room, idle workers, the acker, time spent waiting for AWS.
+
     python -m bench.profile RAW_FILE CPU_MS_PER_MSG   # summarise an existing py-spy raw file
 """
 
@@ -98,6 +101,48 @@ def summarise(raw: Path, cpu_ms_per_msg: float, top: int = 15) -> dict[str, Any]
 
     return {"samples": total, "cpu_ms_per_msg": cpu_ms_per_msg, "by_stage": rows(stages),
             "by_layer": rows(layers), "hot_functions": rows(leaves, top)}
+
+
+# Thread roles, from the outermost runner frame, and what a sampled thread was doing, from its
+# innermost frame. Used on a profile of every thread (no --gil) to see where threads wait.
+ROLES = (("poller", "Runner._poll_loop"), ("worker", "Runner._work_loop"),
+         ("acker", "Runner._ack_loop"))
+STATES = (
+    ("waiting for in-flight room (max_in_flight reached)",
+     lambda role, leaf, frames: role == "poller" and leaf.startswith("Condition.wait")
+     and any("Runner._poll_loop" in f for f in frames[-3:])),
+    ("idle: waiting for a message", lambda role, leaf, frames: leaf.startswith(
+        "Runner._work_loop")),
+    ("idle: waiting for finished messages / batch linger",
+     lambda role, leaf, frames: leaf.startswith("Runner._ack_loop")),
+    ("waiting for AWS (the injected latency, the emulator)",
+     lambda role, leaf, frames: any(leaf.startswith(x) for x in (
+         "SocketIO.readinto", "poll_wait_for_socket", "wait_for_read", "_PollLikeSelector.select",
+         "AWSConnection._handle_expect_response", "HTTPConnection.send"))),
+    ("waiting for the logging lock", lambda role, leaf, frames: leaf.startswith(
+        "Handler.acquire")),
+    ("sleeping (poll interval, retry back-off)", lambda role, leaf, frames: leaf.startswith(
+        ("Event.wait", "Condition.wait", "sleep"))),
+)
+
+
+def thread_states(raw: Path) -> dict[str, Any]:
+    """Share of each runner thread role's samples per state, from a profile of every thread."""
+    table: dict[str, Counter[str]] = {}
+    for frames, count in read_raw(Path(raw)):
+        role = next((name for name, marker in ROLES if any(marker in f for f in frames)), None)
+        if role is None:
+            continue
+        leaf = _leaf(frames)
+        state = next((name for name, test in STATES if test(role, leaf, frames)),
+                     "running Python (or waiting for the GIL)")
+        table.setdefault(role, Counter())[state] += count
+    result = {}
+    for role, counter in table.items():
+        total = sum(counter.values())
+        result[role] = [{"state": state, "share": n / total} for state, n in
+                        counter.most_common()]
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,7 +52,7 @@ PREFIX = "sqs-messages/"
 # Contenders
 # --------------------------------------------------------------------------------------------
 
-TUNED_SERVICE = {"workers": 32, "pollers": 4, "max_in_flight": 160}
+TUNED_SERVICE = {"workers": 32, "pollers": 4, "max_in_flight": 400}
 TUNED_SOURCE = {"poll_interval_seconds": 1}
 
 
@@ -76,6 +76,11 @@ class Contender:
     transforms: tuple[Any, ...] = ("json_parse", "enrich")
     subset: bool = False
 
+    def text(self) -> str:
+        """The description, with the tuned settings of this run filled in."""
+        return self.description.format(lanes=TUNED_SERVICE["max_in_flight"] // 10,
+                                       source=TUNED_SOURCE, **TUNED_SERVICE)
+
     def pipeline(self, endpoint: str, queue_url: str, bucket: str) -> dict[str, Any]:
         return {
             "service": {"health_host": "127.0.0.1", "health_port": 0, **self.service},
@@ -91,16 +96,13 @@ class Contender:
 CONTENDERS: tuple[Contender, ...] = (
     Contender("baseline", "reference", "the spec's design: one thread, receive 10, then PUT and "
               "delete each message in turn, no pause", reference="baseline", subset=True),
-    Contender("ceiling", "reference",
-              f"bare boto3: {TUNED_SERVICE['max_in_flight'] // 10} receive loops, "
-              f"{TUNED_SERVICE['workers']} PUT threads, one DeleteMessageBatch per batch",
-              reference="ceiling"),
+    Contender("ceiling", "reference", "bare boto3: {lanes} receive loops, {workers} PUT threads, "
+              "one DeleteMessageBatch per batch", reference="ceiling"),
     Contender("sqs-processor-default", "processor",
               "sqs-processor, shipped defaults (10 workers, 1 poller, 20 in flight)"),
     Contender("sqs-processor-tuned", "processor",
               "sqs-processor, {workers} workers, {pollers} pollers, {max_in_flight} in flight, "
-              "1 s poll interval".format(**TUNED_SERVICE),
-              service=TUNED_SERVICE, source=TUNED_SOURCE),
+              "source {source}", service=TUNED_SERVICE, source=TUNED_SOURCE),
 )
 BY_NAME = {c.name: c for c in CONTENDERS}
 PROCESSOR_TUNED = "sqs-processor-tuned"
@@ -114,9 +116,14 @@ PROCESSOR_TUNED = "sqs-processor-tuned"
 class Server:
     """The :mod:`bench.server` process and its control endpoints."""
 
-    def __init__(self, threads: int = 128) -> None:
+    def __init__(self, threads: int = 128, http_server: str = "auto",
+                 fast_put: bool = True) -> None:
+        command = [sys.executable, "-m", "bench.server", "--port", "0", "--threads",
+                   str(threads), "--http-server", http_server]
+        if not fast_put:
+            command.append("--no-fast-put")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.server", "--port", "0", "--threads", str(threads)],
+            command,
             cwd=ROOT, env=_child_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
         assert self.process.stdout is not None
@@ -211,7 +218,7 @@ class Child:
         if self.reap():
             return
         self.process.send_signal(signal.SIGTERM)
-        if self.wait(3):
+        if self.wait(1):
             self.stop_note = "stopped on SIGTERM"
             return
         self.process.send_signal(signal.SIGTERM)
@@ -375,17 +382,19 @@ FEEDER_ACTIONS = ("sqs:SendMessage", "sqs:SendMessageBatch")
 class Profiler:
     """py-spy sampling a contender from its first receive to its last delete."""
 
-    def __init__(self, output: Path, rate: int = 100) -> None:
+    def __init__(self, output: Path, rate: int = 100, gil_only: bool = True) -> None:
         self.output = output
         self.rate = rate
+        self.gil_only = gil_only
         self.process: subprocess.Popen[bytes] | None = None
 
     def attach(self, pid: int) -> None:
         py_spy = Path(sys.executable).with_name("py-spy")
-        # --gil: only the thread holding the GIL is sampled, i.e. Python running on a CPU.
+        # --gil: only the thread holding the GIL is sampled, i.e. Python running on a CPU;
+        # --idle: every thread, whatever it is doing (to see where threads wait).
         command = [str(py_spy) if py_spy.exists() else "py-spy", "record", "--pid", str(pid),
-                   "--format", "raw", "--rate", str(self.rate), "--gil",
-                   "--output", str(self.output)]
+                   "--format", "raw", "--rate", str(self.rate),
+                   "--gil" if self.gil_only else "--idle", "--output", str(self.output)]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
 
@@ -521,6 +530,9 @@ def print_report(report: dict[str, Any]) -> None:
           "moto's depth-dependent scans and per-request overheads were removed in that process:")
     for line in emulator["patches"]:
         print(f"  - {line}")
+    if emulator["http_server"] == "werkzeug":
+        print("  (werkzeug's server closes the connection after every response: every call pays "
+              "for a new TCP connection; install the bench extra for waitress)")
     print(f"baseline drained {report['settings']['baseline_n']} messages (rates and CPU are per "
           "message, so they compare with the others' "
           f"{report['settings']['n']}): at 20 ms it needs ~2 requests x 20 ms per message.")
@@ -550,6 +562,15 @@ def print_report(report: dict[str, Any]) -> None:
         print("  by layer (innermost library on the stack):")
         for row in profile["by_layer"]:
             print(f"  {row['share'] * 100:5.1f}%  {row['ms_per_msg']:.3f} ms/msg  {row['name']}")
+        print("  hottest functions (self time):")
+        for row in profile["hot_functions"][:8]:
+            print(f"  {row['share'] * 100:5.1f}%  {row['ms_per_msg']:.3f} ms/msg  {row['name']}")
+        print(f"Where the runner's threads spend their time (every thread sampled): "
+              f"{profile['threads_raw']}")
+        for role, states in profile["threads"].items():
+            parts = ", ".join(f"{row['share'] * 100:.0f}% {row['state']}" for row in states
+                              if row["share"] >= 0.01)
+            print(f"  {role}s: {parts}")
     failed = [r for r in report["drains"] + report["steady"]
               if "error" in r or not r.get("check", {}).get("ok")]
     print()
@@ -589,6 +610,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--profile", action="store_true",
                         help="also drain once under py-spy and summarise where the CPU goes")
     parser.add_argument("--profile-contender", default=PROCESSOR_TUNED)
+    parser.add_argument("--tuned", default="",
+                        help="override the tuned settings (the ceiling follows them), e.g. "
+                             "workers=64,pollers=8,max_in_flight=400,poll_interval_seconds=1")
+    parser.add_argument("--http-server", choices=("auto", "waitress", "werkzeug"),
+                        default="auto", help="the emulator's HTTP server (auto: waitress if "
+                        "installed)")
+    parser.add_argument("--no-fast-put", dest="fast_put", action="store_false",
+                        help="every PutObject through moto's full HTTP layer (slower emulator)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds a contender may take (default: from the message count)")
     parser.add_argument("--out", type=Path, default=None,
@@ -597,6 +626,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.n, args.baseline_n, args.latency_ms = 2000, 300, "20"
         args.steady_seconds = min(args.steady_seconds, 10.0)
+    for item in filter(None, (x.strip() for x in args.tuned.split(","))):
+        key, _, value = item.partition("=")
+        target = TUNED_SERVICE if key in ("workers", "pollers", "max_in_flight") else TUNED_SOURCE
+        target[key] = float(value) if "." in value else int(value)
     args.latencies = [float(x) for x in args.latency_ms.split(",") if x.strip()]
     args.contender_list = _names(args.contenders, parser)
     args.steady_list = _names(args.steady_contenders, parser) if args.steady_seconds > 0 else []
@@ -619,7 +652,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or RESULTS / f"{started:%Y-%m-%dT%H%M%SZ}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     command = "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:])
-    server = Server()
+    server = Server(http_server=args.http_server, fast_put=args.fast_put)
     drains: list[dict[str, Any]] = []
     steady: list[dict[str, Any]] = []
     profile = None
@@ -660,7 +693,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "settings": {"n": args.n, "baseline_n": args.baseline_n, "latencies_ms": args.latencies,
                      "steady_rate": args.steady_rate, "steady_seconds": args.steady_seconds,
                      "tuned_service": TUNED_SERVICE, "tuned_source": TUNED_SOURCE,
-                     "contenders": {c.name: c.description for c in CONTENDERS}},
+                     "contenders": {c.name: c.text() for c in CONTENDERS}},
         "emulator": {k: server.facts.get(k) for k in ("http_server", "patches")},
         "drains": drains,
         "steady": steady,
@@ -676,16 +709,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_profile(server: Server, contender: Contender, args: argparse.Namespace, workdir: Path,
                 out: Path) -> dict[str, Any]:
-    from bench.profile import summarise
+    """Two more drains under py-spy: Python on CPU (--gil), then every thread (--idle)."""
+    from bench.profile import summarise, thread_states
 
     latency = max(args.latencies) if args.latencies else 20.0
-    raw = out.with_suffix(".pyspy.txt")
-    _progress(f"profile: {contender.name}, {args.n} messages, {latency:g} ms, under py-spy")
-    run = run_contender(server, contender, Scenario("drain", latency, args.n), workdir,
-                        args.timeout or max(120.0, args.n / 4), profiler=Profiler(raw))
+    timeout = args.timeout or max(120.0, args.n / 4)
+    cpu_raw = out.with_suffix(".pyspy-cpu.txt")
+    threads_raw = out.with_suffix(".pyspy-threads.txt")
+    _progress(f"profile (CPU): {contender.name}, {args.n} messages, {latency:g} ms, py-spy --gil")
+    run = run_contender(server, contender, Scenario("drain", latency, args.n), workdir, timeout,
+                        profiler=Profiler(cpu_raw, rate=250))
     _progress_result(run)
-    summary = summarise(raw, run.get("cpu_ms_per_msg") or 0.0)
-    summary.update({"contender": contender.name, "latency_ms": latency, "raw": str(raw),
+    summary = summarise(cpu_raw, run.get("cpu_ms_per_msg") or 0.0)
+    _progress(f"profile (threads): {contender.name}, py-spy --idle")
+    threads_run = run_contender(server, contender, Scenario("drain", latency, args.n), workdir,
+                                timeout, profiler=Profiler(threads_raw, gil_only=False))
+    _progress_result(threads_run)
+    summary.update({"contender": contender.name, "latency_ms": latency, "raw": str(cpu_raw),
+                    "threads_raw": str(threads_raw), "threads": thread_states(threads_raw),
                     "run": {k: run.get(k) for k in ("msgs_per_s", "cpu_ms_per_msg", "check")}})
     return summary
 
