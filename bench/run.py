@@ -1,7 +1,7 @@
 """The benchmark harness behind ``make bench``: SQS -> S3 drains, compared in one run.
 
-    python -m bench [--n 20000] [--baseline-n 2000] [--latency-ms 10,20] [--quick] [--profile]
-                    [--contenders NAMES] [--steady-seconds 30] [--out FILE]
+    python -m bench [--n 20000] [--baseline-n 1000] [--latency-ms 20] [--quick] [--profile]
+                    [--contenders NAMES] [--steady-seconds 20] [--tuned K=V,...] [--out FILE]
 
 One emulator process (:mod:`bench.server`) serves every run. For each injected latency and each
 contender: the emulator is reset, a queue and a bucket are created and preloaded with the same
@@ -316,9 +316,12 @@ def run_contender(server: Server, contender: Contender, scenario: Scenario, work
     if feeder is not None:
         result["feeder"] = {"sent": feeder.sent, "late": feeder.late,
                             "errors": feeder.errors[:3]}
+    if not finished or not check["ok"]:
+        kept = keep_log(child.log, f"{contender.name}-{scenario.mode}-{scenario.latency_ms:g}ms")
+        result["log"] = str(kept)
     if not finished:
         result["error"] = (f"did not finish {scenario.messages} messages within {timeout:.0f}s"
-                           if started else "did not start") + f"; log: {child.log}"
+                           if started else "did not start") + f"; log: {result['log']}"
         return result
     figures = json.loads(child.out.read_text(encoding="utf-8"))
     n = figures["processed"]
@@ -334,6 +337,14 @@ def run_contender(server: Server, contender: Contender, scenario: Scenario, work
         "server": _server_delta(before, after, n),
     })
     return result
+
+
+def keep_log(log: Path, name: str) -> Path:
+    """Copy a failed contender's log out of the temporary folder, next to the results."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    kept = RESULTS / f"{datetime.now(UTC):%Y-%m-%dT%H%M%SZ}-{name}.log"
+    kept.write_bytes(log.read_bytes() if log.exists() else b"")
+    return kept
 
 
 def _percentiles(latencies_ms: Sequence[float]) -> dict[str, float] | None:
@@ -533,9 +544,10 @@ def print_report(report: dict[str, Any]) -> None:
     if emulator["http_server"] == "werkzeug":
         print("  (werkzeug's server closes the connection after every response: every call pays "
               "for a new TCP connection; install the bench extra for waitress)")
-    print(f"baseline drained {report['settings']['baseline_n']} messages (rates and CPU are per "
-          "message, so they compare with the others' "
-          f"{report['settings']['n']}): at 20 ms it needs ~2 requests x 20 ms per message.")
+    print(f"baseline drained {report['settings']['baseline_n']} messages, the others "
+          f"{report['settings']['n']}: it makes ~2 sequential requests per message (about 25 "
+          "msg/s at 20 ms), so a full drain would take most of the run; rates and CPU are per "
+          "message, so they compare.")
     print()
     print("Drain of a preloaded queue (p50/p99: PUT time minus SentTimestamp; for a backlog this "
           "is mostly time spent waiting in the queue):")
@@ -592,14 +604,14 @@ def print_report(report: dict[str, Any]) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=20000, help="messages per drain (default 20000)")
-    parser.add_argument("--baseline-n", type=int, default=2000,
-                        help="messages the baseline drains (default 2000; it is slow)")
-    parser.add_argument("--latency-ms", default="10,20",
-                        help="comma-separated injected latencies (default 10,20)")
+    parser.add_argument("--baseline-n", type=int, default=1000,
+                        help="messages the baseline drains (default 1000; it is slow)")
+    parser.add_argument("--latency-ms", default="20",
+                        help="comma-separated injected latencies (default 20; e.g. 10,20)")
     parser.add_argument("--contenders", default=",".join(c.name for c in CONTENDERS),
                         help="comma-separated, from: " + ", ".join(BY_NAME))
     parser.add_argument("--steady-rate", type=float, default=100.0)
-    parser.add_argument("--steady-seconds", type=float, default=30.0,
+    parser.add_argument("--steady-seconds", type=float, default=20.0,
                         help="length of the steady feed; 0 skips it")
     parser.add_argument("--steady-latency-ms", type=float, default=None,
                         help="default: the highest of --latency-ms")
