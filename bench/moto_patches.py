@@ -32,8 +32,9 @@ searched:
   a long poll waits), so two concurrent receives never hand out the same message: a duplicate
   delivery would be legal SQS behaviour but would blur the harness's exactly-once check.
 
-FIFO queues take moto's own code paths unchanged where ordering by group matters (the lazy
-view yields the same messages in the same order, so they are not affected either).
+The lazy view yields the same messages in the same order as moto's list, so FIFO groups and
+redrive to a dead-letter queue behave as before. Two per-request costs that do not depend on
+depth are removed too (:func:`_per_request_overhead`).
 """
 
 from __future__ import annotations
