@@ -25,7 +25,19 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_kib() -> int:
-    """Peak resident set size of this process, in KiB (Linux reports ru_maxrss in KiB)."""
+    """Peak resident set size of this program, in KiB.
+
+    ``VmHWM`` (Linux) is the high-water mark of this program's own address space. ``ru_maxrss``
+    is not used where VmHWM exists: Linux carries it across ``execve``, so a child started with
+    vfork (as ``subprocess`` does) reports its parent's peak if that was higher.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 

@@ -331,8 +331,9 @@ def run_contender(server: Server, contender: Contender, scenario: Scenario, work
         "cpu_ms_per_msg": figures["work_cpu_seconds"] * 1000 / n,
         "startup_cpu_s": figures["startup_cpu_seconds"],
         "total_cpu_s": (child.rusage.ru_utime + child.rusage.ru_stime) if child.rusage else None,
-        "peak_rss_mib": (child.rusage.ru_maxrss if child.rusage else figures["peak_rss_kib"])
-        / 1024,
+        # Measured by the contender itself: wait4's ru_maxrss would include this harness's own
+        # peak, which Linux carries into a vforked child across exec.
+        "peak_rss_mib": figures["peak_rss_kib"] / 1024,
         "latency_s": _percentiles(latencies),
         "server": _server_delta(before, after, n),
     })
