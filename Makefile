@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test lint validate docs send list clean
+.PHONY: run test lint validate docs send list bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +48,16 @@ send: $(STAMP)
 ## list: list what `make run` archived
 list: $(STAMP)
 	$(BIN)/python -m sqs_processor.local list
+
+$(BENCH_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+## bench: throughput, CPU, memory and latency of sqs-processor against the spec's design and a
+##        bare boto3 loop, on an emulator with injected latency (see bench/README.md)
+##        make bench [N=20000] [LATENCY_MS=10,20] [BENCH_ARGS='--quick --profile --out f.json']
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench $(if $(N),--n $(N)) $(if $(LATENCY_MS),--latency-ms $(LATENCY_MS)) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The sqs-processor benchmark: ``make bench`` or ``python -m bench`` (see bench/README.md)."""

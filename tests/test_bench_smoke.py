@@ -1,0 +1,55 @@
+"""Smoke test of the benchmark harness (``make bench``): tiny, no latency, every contender.
+
+It checks that the harness runs end to end and that its own correctness check passed for every
+contender (each message stored exactly once, intact, queue empty), and that the JSON report has
+the fields the README's table is built from. It asserts nothing about speed.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from support import ROOT
+
+CONTENDERS = {"baseline", "ceiling", "sqs-processor-default", "sqs-processor-tuned"}
+
+
+def test_bench_harness_runs_every_contender_and_verifies_the_archive(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--n", "50", "--baseline-n", "20", "--latency-ms", "0",
+         "--steady-rate", "10", "--steady-seconds", "2",
+         "--steady-contenders", "sqs-processor-tuned", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=110)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads(out.read_text())
+
+    drains = {run["contender"]: run for run in report["drains"]}
+    assert set(drains) == CONTENDERS
+    assert drains["baseline"]["messages"] == 20
+    for name, run in drains.items():
+        check = run["check"]
+        assert check["ok"], (name, check)
+        assert check["sent"] == check["stored"] == run["messages"]
+        assert check["queue_remaining"] == 0
+        assert run["msgs_per_s"] > 0 and run["cpu_ms_per_msg"] > 0, name
+        assert 10 < run["peak_rss_mib"] < 1024, name
+        assert set(run["latency_s"]) >= {"p50", "p99", "max"}, name
+        assert run["server"]["requests_per_msg"] > 1, name  # at least a PUT per message
+    assert drains["baseline"]["speed_x_baseline"] == 1.0
+    assert drains["ceiling"]["speed_x_ceiling"] == 1.0
+    # The spec's design deletes one message per call; the others delete in batches.
+    assert drains["baseline"]["server"]["actions"]["sqs:DeleteMessage"]["count"] == 20
+    assert "sqs:DeleteMessage" not in drains["sqs-processor-tuned"]["server"]["actions"]
+
+    [steady] = report["steady"]
+    assert steady["contender"] == "sqs-processor-tuned" and steady["check"]["ok"]
+    assert steady["feeder"]["sent"] == steady["messages"] == 20
+    assert steady["latency_s"]["p99"] >= steady["latency_s"]["p50"] > 0
+
+    assert report["emulator"]["patches"], "the output must say what was done to the emulator"
+    assert report["machine"]["nproc"] >= 1 and report["machine"]["python"]
+    assert {t["target"] for t in report["targets"]} == {3, 4, 5, 6}
+    assert "sqs-processor-tuned" in result.stdout and "Targets" in result.stdout
