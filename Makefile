@@ -22,11 +22,11 @@ run: $(STAMP)
 
 ## test: the whole suite (moto server over real HTTP), plus lint
 test: $(STAMP)
-	$(BIN)/ruff check core plugins configs tests
+	$(BIN)/ruff check core plugins configs tests bench
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check core plugins configs tests
+	$(BIN)/ruff check core plugins configs tests bench
 
 ## validate: check every shipped config
 validate: $(STAMP)

@@ -52,7 +52,8 @@ PREFIX = "sqs-messages/"
 # Contenders
 # --------------------------------------------------------------------------------------------
 
-TUNED_SERVICE = {"workers": 32, "pollers": 4, "max_in_flight": 400}
+TUNED_SERVICE = {"workers": 32, "pollers": 4, "max_in_flight": 400, "ack_threads": 4}
+BATCH_SINK = {"batch": {"max_records": 200, "max_age_seconds": 1, "compression": "gzip"}}
 TUNED_SOURCE = {"poll_interval_seconds": 1}
 
 
@@ -103,6 +104,9 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("sqs-processor-tuned", "processor",
               "sqs-processor, {workers} workers, {pollers} pollers, {max_in_flight} in flight, "
               "source {source}", service=TUNED_SERVICE, source=TUNED_SOURCE),
+    Contender("sqs-processor-batched", "processor",
+              "sqs-processor, tuned, batched mode: 200 messages per gzip NDJSON object",
+              service=TUNED_SERVICE, source=TUNED_SOURCE, sink=BATCH_SINK),
 )
 BY_NAME = {c.name: c for c in CONTENDERS}
 PROCESSOR_TUNED = "sqs-processor-tuned"
@@ -500,7 +504,8 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 def evaluate_targets(drains: list[dict[str, Any]], steady: list[dict[str, Any]],
                      n: int) -> list[dict[str, Any]]:
-    """The issue's targets 3-6, for sqs-processor-tuned (and -default where it applies)."""
+    """The issue's targets 3-6 for sqs-processor-tuned (and -default where it applies), and 8
+    for sqs-processor-batched."""
     targets: list[dict[str, Any]] = []
     latencies = sorted({r["latency_ms"] for r in drains})
     at = 20.0 if 20.0 in latencies else (latencies[-1] if latencies else None)
@@ -520,11 +525,16 @@ def evaluate_targets(drains: list[dict[str, Any]], steady: list[dict[str, Any]],
     add(3, "msg/s vs ceiling (>= 0.9x)", tuned.get("speed_x_ceiling"), 0.9, True)
     add(4, "CPU/msg vs baseline (<= 0.6x)", tuned.get("cpu_x_baseline"), 0.6, False)
     add(4, "CPU/msg vs ceiling (<= 1.15x)", tuned.get("cpu_x_ceiling"), 1.15, False)
+    batched = find(drains, "sqs-processor-batched")
+    if batched:
+        add(8, "batched msg/s vs baseline (>= 40x)", batched.get("speed_x_baseline"), 40.0, True)
+        add(8, "batched CPU/msg vs baseline (<= 0.2x)", batched.get("cpu_x_baseline"), 0.2,
+            False)
     peak = max((r.get("peak_rss_mib") or 0 for r in drains
                 if r["contender"].startswith("sqs-processor")), default=None)
     add(5, f"peak RSS MiB, any sqs-processor drain of {n} messages (< 150)", peak, 150, False)
     for run in steady:
-        if run["contender"].startswith("sqs-processor"):
+        if run["contender"].startswith("sqs-processor") and "batched" not in run["contender"]:
             p99 = (run.get("latency_s") or {}).get("p99")
             add(6, f"p99 s at {run['rate']:g} msg/s, {run['contender']} (< 1 s)", p99, 1.0, False)
     return targets
@@ -617,7 +627,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steady-latency-ms", type=float, default=None,
                         help="default: the highest of --latency-ms")
     parser.add_argument("--steady-contenders",
-                        default="ceiling,sqs-processor-default,sqs-processor-tuned")
+                        default="ceiling,sqs-processor-default,sqs-processor-tuned,sqs-processor-batched")
     parser.add_argument("--quick", action="store_true",
                         help="a short run: n=2000, baseline-n=300, 20 ms only, 10 s steady feed")
     parser.add_argument("--profile", action="store_true",

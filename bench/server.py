@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gzip
 import io
 import json
 import logging
@@ -256,6 +257,24 @@ def verify(queue_name: str, bucket_name: str, prefix: str, region: str) -> dict[
     bad_content: list[str] = []
     for key, stored in bucket.keys.items():
         if not key.startswith(prefix):
+            continue
+        if key.endswith((".ndjson", ".ndjson.gz")):  # batched mode: one document per line
+            raw = stored.value
+            if key.endswith(".gz"):
+                raw = gzip.decompress(raw)
+            for line in raw.splitlines():
+                try:
+                    message_id = json.loads(line).get("message_id")
+                except (ValueError, AttributeError):
+                    bad_content.append(f"{key}: a line is not a JSON object")
+                    continue
+                if message_id not in sent:
+                    unexpected.append(f"{key}: {message_id}")
+                    continue
+                keys_by_id.setdefault(message_id, []).append(key)
+                problem = _check_document(line, message_id, sent[message_id][1])
+                if problem:
+                    bad_content.append(f"{key} ({message_id}): {problem}")
             continue
         message_id = _message_id_of(key)
         if message_id not in sent or not key.endswith(".json"):

@@ -226,8 +226,9 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
     aws = AwsClients(
         region=_resolve_region(config),
         endpoint_url=config.aws["endpoint_url"],
-        # Every thread that can call AWS at once: workers, pollers, the acker, the heartbeat.
-        max_pool_connections=service["workers"] + service["pollers"] + 3,
+        # Every thread that can call AWS at once: workers, pollers, ackers, the heartbeat and a
+        # batch flusher.
+        max_pool_connections=service["workers"] + service["pollers"] + service["ack_threads"] + 2,
         connect_timeout=config.aws["connect_timeout"],
         read_timeout=config.aws["read_timeout"],
         max_attempts=config.aws["max_attempts"],

@@ -106,6 +106,7 @@ class Runner:
         self.poller_count: int = service["pollers"]
         self.grace_seconds: float = service["shutdown_grace_seconds"]
         self.heartbeat_enabled: bool = service.get("heartbeat", True)
+        self.ack_threads: int = service.get("ack_threads", 2)
         self.system_backoff_max: float = service.get("system_backoff_max_seconds",
                                                       BACKOFF_MAX_SECONDS)
         errors = pipeline.config.errors
@@ -145,7 +146,7 @@ class Runner:
         self._poll_deadlines: dict[int, float | None] = {}
         self._pollers: list[threading.Thread] = []
         self._workers: list[threading.Thread] = []
-        self._acker_thread: threading.Thread | None = None
+        self._ackers: list[threading.Thread] = []
         self._heartbeat_thread: threading.Thread | None = None
         self._heartbeat_stop = threading.Event()
         self._visibility: float | None = None
@@ -211,8 +212,10 @@ class Runner:
                 close_pipeline(pipeline)
                 self.state = "stopped"
                 return 1
-        self._acker_thread = threading.Thread(target=self._ack_loop, name="acker", daemon=True)
-        self._acker_thread.start()
+        for i in range(self.ack_threads):
+            thread = threading.Thread(target=self._ack_loop, name=f"acker-{i}", daemon=True)
+            thread.start()
+            self._ackers.append(thread)
         reader = getattr(self.source, "visibility_timeout", None)
         visibility = reader() if callable(reader) else None
         if self._batcher is not None:
@@ -224,7 +227,8 @@ class Runner:
                           "lower max_age_seconds", age, visibility,
                           extra={"event": "start_failed", "component": "sink"})
                 self._stop.set()
-                self._acks.put(None)
+                for _ in self._ackers:
+                    self._acks.put(None)
                 close_pipeline(self.pipeline)
                 self.state = "stopped"
                 return 1
@@ -275,7 +279,7 @@ class Runner:
             if deadline is not None and now > deadline and not self._stop.is_set():
                 late = now - deadline
                 return False, f"poller-{i} has made no progress for {late:.0f}s past its limit"
-        dead = [t.name for t in (*self._workers, self._acker_thread, self._heartbeat_thread)
+        dead = [t.name for t in (*self._workers, *self._ackers, self._heartbeat_thread)
                 if t and not t.is_alive()]
         if dead and not self._stop.is_set():
             return False, f"{', '.join(dead)} died"
@@ -897,14 +901,15 @@ class Runner:
             self._release(leftovers, "shutdown deadline reached")
         for _ in self._workers:
             self._work.put(None)
-        if self._batcher is not None:
-            self._batcher.close(max(1.0, deadline - time.monotonic()))
-        self._acks.put(None)
-        # The deletes of everything already written must still go out.
-        if self._acker_thread is not None:
-            self._acker_thread.join(max(5.0, deadline - time.monotonic()))
         for thread in self._workers:
             thread.join(max(0.0, deadline - time.monotonic()))
+        if self._batcher is not None:
+            self._batcher.close(max(1.0, deadline - time.monotonic()))
+        # The deletes of everything already written must still go out.
+        for _ in self._ackers:
+            self._acks.put(None)
+        for thread in self._ackers:
+            thread.join(max(5.0, deadline - time.monotonic()))
         self._observe("sqs_processor_shutdown", pipeline=self.pipeline)
         close_pipeline(self.pipeline)
         stats = self.pipeline.stats.snapshot()

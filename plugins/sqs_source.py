@@ -1,9 +1,10 @@
 """The ``sqs`` source: long-polls an SQS queue.
 
 Each receive asks for every system attribute (``SentTimestamp``, ``ApproximateReceiveCount``,
-``AWSTraceHeader``, ...) and every message attribute. Poll cadence: a full batch is followed by
-another receive at once, so a backlog drains at full speed; an empty or partial one waits
-``poll_interval_seconds``, so an idle queue costs what the original service cost.
+``AWSTraceHeader``, ...) and every message attribute. Poll cadence: a receive that returned
+messages is followed by another at once, so a backlog drains at full speed and a steady trickle
+is stored within a second; an empty one waits ``poll_interval_seconds``, so an idle queue costs
+what the original service cost.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ OPTIONS = (
     Option("wait_time_seconds", int, 20, "Long-poll duration of each receive (WaitTimeSeconds).",
            minimum=0, maximum=20),
     Option("poll_interval_seconds", float, 30.0,
-           "Pause after a receive that returned fewer than max_messages.", minimum=1, maximum=300),
+           "Pause after a receive that returned no messages.", minimum=1, maximum=300),
     Option("visibility_timeout", int, None,
            "VisibilityTimeout to set on receive; unset keeps the queue's own.",
            minimum=0, maximum=43200),
@@ -160,7 +161,9 @@ class SqsSource(Source):
         return [message_from_sqs(raw, now) for raw in response.get("Messages", ())]
 
     def idle_delay(self, received: int) -> float:
-        return 0.0 if received >= self.max_batch else self.poll_interval
+        # Any message means traffic: poll again at once (the long poll itself waits when the
+        # queue runs dry). Only an empty receive pauses, so an idle queue costs what it did.
+        return 0.0 if received else self.poll_interval
 
     def release(self, messages: Sequence[Message]) -> None:
         """Set visibility to 0 so the messages are redelivered at once (best effort)."""

@@ -192,7 +192,7 @@ def test_sqs_source_returns_at_most_max_messages_per_receive(build, sqs, queue_u
     assert len(seen) == 5
 
 
-def test_sqs_source_idle_delay_is_zero_after_a_full_batch_and_the_interval_otherwise(
+def test_sqs_source_idle_delay_is_zero_after_any_messages_and_the_interval_when_empty(
     build, sqs, queue_url, bucket
 ):
     for i in range(3):
@@ -203,8 +203,8 @@ def test_sqs_source_idle_delay_is_zero_after_a_full_batch_and_the_interval_other
     full = source.receive()
     assert len(full) == 3
     assert source.idle_delay(len(full)) == 0
-    assert source.idle_delay(2) == 7.0
-    assert source.idle_delay(1) == 7.0
+    assert source.idle_delay(2) == 0
+    assert source.idle_delay(1) == 0
     empty = source.receive()
     assert empty == []
     assert source.idle_delay(len(empty)) == 7.0
