@@ -52,8 +52,12 @@ PREFIX = "sqs-messages/"
 # Contenders
 # --------------------------------------------------------------------------------------------
 
-TUNED_SERVICE = {"workers": 32, "pollers": 4, "max_in_flight": 400, "ack_threads": 4}
+TUNED_SERVICE = {"workers": 32, "pollers": 8, "max_in_flight": 400, "ack_threads": 4}
 BATCH_SINK = {"batch": {"max_records": 200, "max_age_seconds": 1, "compression": "gzip"}}
+# Batched mode does little per message in the workers (encode a line); the limit is how fast
+# messages are received and deleted, so it gets more pollers and ack threads and room for
+# several open batches.
+BATCH_SERVICE = {"workers": 16, "pollers": 8, "max_in_flight": 1000, "ack_threads": 8}
 TUNED_SOURCE = {"poll_interval_seconds": 1}
 
 
@@ -105,8 +109,9 @@ CONTENDERS: tuple[Contender, ...] = (
               "sqs-processor, {workers} workers, {pollers} pollers, {max_in_flight} in flight, "
               "source {source}", service=TUNED_SERVICE, source=TUNED_SOURCE),
     Contender("sqs-processor-batched", "processor",
-              "sqs-processor, tuned, batched mode: 200 messages per gzip NDJSON object",
-              service=TUNED_SERVICE, source=TUNED_SOURCE, sink=BATCH_SINK),
+              "sqs-processor, batched mode: 200 messages per gzip NDJSON object, 16 workers, "
+              "8 pollers, 8 ack threads, 1000 in flight", service=BATCH_SERVICE,
+              source=TUNED_SOURCE, sink=BATCH_SINK),
 )
 BY_NAME = {c.name: c for c in CONTENDERS}
 PROCESSOR_TUNED = "sqs-processor-tuned"
