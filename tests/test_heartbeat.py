@@ -17,25 +17,7 @@ import pytest
 from faultproxy import Error, FailEntries, FaultProxy
 from invariants import assert_archived_exactly_once, create_queue, send_bodies
 from support import dropin_folder, pipeline_config, queue_counts, unique, wait_for
-
-SLOW_TRANSFORM = '''
-import time
-from sqs_processor import Option, TransformSpec, hookimpl
-
-def build(options, context):
-    seconds = options["seconds"]
-
-    def slow(record):
-        time.sleep(seconds)
-        return record
-
-    return slow
-
-@hookimpl
-def sqs_processor_transforms():
-    return TransformSpec(name="slow", factory=build, description="Sleeps, then passes on.",
-                         options=(Option("seconds", float, 1.0),))
-'''
+from test_cli_run import SLOW_TRANSFORM
 
 EXTENSIONS = ("ChangeMessageVisibilityBatch", "ChangeMessageVisibility")
 TWELVE_HOURS = 43200
