@@ -48,7 +48,11 @@ def watched_paths(pipeline: Pipeline) -> list[Path]:
 
 
 def fingerprint(paths: Iterable[Path]) -> str:
-    """A digest of where each path resolves to and of its content (folders: their .py files)."""
+    """A digest of where each path resolves to and of its ``stat`` (folders: their .py files).
+
+    A ConfigMap update swaps the folder a symlink points to, so the resolved path and the inode
+    change; an edit in place changes the size or the nanosecond mtime. Nothing is read.
+    """
     digest = hashlib.sha256()
     for path in paths:
         files = [path]
@@ -56,11 +60,12 @@ def fingerprint(paths: Iterable[Path]) -> str:
             files = sorted(path.glob("*.py"))
             digest.update(f"dir {os.path.realpath(path)}\n".encode())
         for file in files:
-            digest.update(f"file {file} -> {os.path.realpath(file)}\n".encode())
             try:
-                digest.update(file.read_bytes())
+                info = file.stat()
+                state = f"{info.st_ino} {info.st_size} {info.st_mtime_ns}"
             except OSError as exc:  # a file that vanished mid-swap: changed, look again later
-                digest.update(f"unreadable {exc.errno}".encode())
+                state = f"unreadable {exc.errno}"
+            digest.update(f"file {file} -> {os.path.realpath(file)} {state}\n".encode())
     return digest.hexdigest()
 
 

@@ -200,7 +200,7 @@ class Runner:
                         metrics.released):
             counter.add(0, self._queue_attributes)
         for outcome in ("written", "existing", "dropped"):
-            metrics.processed.add(0, {"outcome": outcome})
+            metrics.processed.add(0, OUTCOME_LABELS[outcome])
         metrics.objects_written.add(0)
         metrics.objects_existing.add(0)
         for step in pipeline.start_steps():  # components, then sqs_processor_startup hooks
@@ -469,7 +469,7 @@ class Runner:
                     written.location, extra={"event": "already_stored",
                                              "message_id": message.message_id,
                                              "location": written.location})
-        metrics.processed.add(1, {"outcome": job.outcome})
+        metrics.processed.add(1, OUTCOME_LABELS[job.outcome])
         self._observe("sqs_processor_message_written", pipeline=self.pipeline, record=record,
                       result=written)
         self._to_ack(job)
@@ -482,7 +482,7 @@ class Runner:
 
     def _dropped(self, job: Job, step: str) -> None:
         self.pipeline.stats.add("dropped")
-        self.metrics.processed.add(1, {"outcome": "dropped"})
+        self.metrics.processed.add(1, OUTCOME_LABELS["dropped"])
         job.outcome = "dropped"
         job.written = True
         trace.get_current_span().set_attribute(OUTCOME_DROPPED, True)
@@ -928,6 +928,8 @@ class Runner:
 
 
 OUTCOME_DROPPED = "sqs_processor.dropped"
+# Metric labels per outcome, built once rather than per message.
+OUTCOME_LABELS = {outcome: {"outcome": outcome} for outcome in ("written", "existing", "dropped")}
 
 
 PENDING = WriteResult(location="(batch)", created=True)
