@@ -1,6 +1,6 @@
 """Measure the processor's throughput under a CPU quota, as the Deployment's limits impose.
 
-    sudo .venv/bin/python k8s/measure_throughput.py --cpu-millis 200 --seconds 60
+    sudo .venv/bin/python bench/measure_throughput.py --cpu-millis 200 --seconds 60
 
 Runs ``sqs-processor run`` (the shipped pipeline's components, JSON logs to a file) against
 the local emulator, inside a cgroup v1 ``cpu`` group whose CFS quota is ``--cpu-millis`` per
