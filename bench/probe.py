@@ -1,8 +1,9 @@
 """A plugin that lets the benchmark measure sqs-processor from the inside.
 
-The harness lists it in the generated pipeline YAML (``plugins: [bench.probe]``) and sets two
-variables: ``BENCH_PROBE_OUT`` (where to write the figures) and ``BENCH_PROBE_EXPECT`` (how many
-messages the run must delete). It uses only observer hooks, as any third-party plugin would:
+The harness lists it in the generated pipeline YAML (``plugins: {modules: [bench.probe]}``) and
+sets two variables: ``BENCH_PROBE_OUT`` (where to write the figures) and ``BENCH_PROBE_EXPECT``
+(how many messages the run must delete). It uses only observer hooks, as any third-party plugin
+would:
 
 * ``sqs_processor_startup``: the pipeline is built and its clients exist; the window starts;
 * ``sqs_processor_batch_acked``: counts deleted messages; when the expected number is reached,

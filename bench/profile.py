@@ -33,13 +33,16 @@ from typing import Any
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging (every logger, incl. one INFO line per stored message)",
      ("logging/__init__.py", "core/logs.py", "sqs_processor/logs.py", "core/errors.py")),
-    ("S3 PutObject: sink write, incl. orjson encode", ("S3Sink.write",)),
+    ("S3 PutObject: sink write, incl. orjson encode", ("S3Sink.write", "write_batch")),
     ("SQS ReceiveMessage: source, incl. building Messages", ("SqsSource.receive",)),
     ("SQS DeleteMessageBatch: acker", ("SqsDelete.ack",)),
     ("transforms: json_parse, enrich", ("JsonParse.__call__", "Enrich.__call__")),
-    ("observer hooks (the bench probe)", ("Runner._observe", "bench/probe.py")),
-    ("runner: hand-offs, locks, records, stats",
-     ("core/runner.py", "core/message.py", "core/pipeline.py", "sqs_processor/runner.py")),
+    ("observer hooks (the bench probe)", ("Observers.notify", "bench/probe.py")),
+    ("engine: hand-offs, locks, records, stats",
+     tuple(f"{root}/{unit}.py" for root in ("core", "sqs_processor")
+           for unit in ("runner", "poller", "workers", "acks", "settlement", "inflight",
+                        "pause", "heartbeat", "batching", "tracing", "message", "pipeline",
+                        "process", "observers"))),
 )
 
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (

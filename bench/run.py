@@ -90,7 +90,7 @@ class Contender:
         return {
             "service": {"health_host": "127.0.0.1", "health_port": 0, **self.service},
             "aws": {"region": REGION, "endpoint_url": endpoint},
-            "plugins": ["bench.probe"],
+            "plugins": {"modules": ["bench.probe"]},
             "source": {"type": "sqs", "queue_url": queue_url, **self.source},
             "transforms": list(self.transforms),
             "sink": {"type": "s3", "bucket": bucket, "prefix": PREFIX, **self.sink},

@@ -1,10 +1,12 @@
 """sqs-processor: a plugin-driven stream processor that archives SQS messages into S3.
 
-Plugin authors need only what this module exports::
+This module is the whole public API: everything a plugin author needs is importable from here,
+and the built-in plugins and the examples import nothing else from the engine::
 
     from sqs_processor import hookimpl, TransformSpec, Transform, Record
 
-Everything else (the runner, the config loader, the CLI) is the engine's business.
+The test kit is :mod:`sqs_processor.testing`. Everything else (the runner and its units, the
+config loader, the CLI) is the engine's business and may change between releases.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -12,10 +14,28 @@ from importlib.metadata import PackageNotFoundError, version
 import pluggy
 
 from sqs_processor.checks import LastCallCheck
-from sqs_processor.components import Acker, AckFailure, Sink, Source, Transform, WriteResult
-from sqs_processor.errors import ConfigError, MessageError
-from sqs_processor.message import Message, Record
-from sqs_processor.options import Option
+from sqs_processor.components import (
+    Acker,
+    AckFailure,
+    BatchedSink,
+    BatchPolicy,
+    Sink,
+    Source,
+    Transform,
+    WriteResult,
+)
+from sqs_processor.errors import (
+    CONTROL_CHARACTERS,
+    ConfigError,
+    MessageError,
+    SystemFailure,
+    describe_error,
+    error_code,
+    escape,
+    is_system_failure,
+)
+from sqs_processor.message import IDENTITY_FIELDS, Message, Record
+from sqs_processor.options import REQUIRED, Option, check_field_name, validate_options
 from sqs_processor.records import (
     AckerSpec,
     BuildContext,
@@ -25,6 +45,7 @@ from sqs_processor.records import (
     SourceSpec,
     TransformSpec,
 )
+from sqs_processor.tracing import set_attributes
 
 PROJECT_NAME = "sqs_processor"
 
@@ -37,10 +58,15 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0"
 
 __all__ = [
+    "CONTROL_CHARACTERS",
+    "IDENTITY_FIELDS",
     "PROJECT_NAME",
+    "REQUIRED",
     "AckFailure",
     "Acker",
     "AckerSpec",
+    "BatchPolicy",
+    "BatchedSink",
     "BuildContext",
     "CheckResult",
     "ConfigError",
@@ -54,9 +80,17 @@ __all__ = [
     "SinkSpec",
     "Source",
     "SourceSpec",
+    "SystemFailure",
     "Transform",
     "TransformSpec",
     "WriteResult",
     "__version__",
+    "check_field_name",
+    "describe_error",
+    "error_code",
+    "escape",
     "hookimpl",
+    "is_system_failure",
+    "set_attributes",
+    "validate_options",
 ]

@@ -20,13 +20,15 @@ from sqs_processor import __version__
 from sqs_processor.config import load_config, load_plugin_settings
 from sqs_processor.errors import ConfigError
 from sqs_processor.health import HealthServer
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.logs import LEVELS, configure
-from sqs_processor.manager import KIND_LABELS, Component, PluginManager, build_plugin_manager
+from sqs_processor.manager import PluginManager, Registration
 from sqs_processor.options import suggest
 from sqs_processor.pipeline import Pipeline, build_pipeline
 from sqs_processor.records import normalise_name
 from sqs_processor.reload import Supervisor
-from sqs_processor.telemetry import Telemetry, TelemetrySettings, resolve_settings
+from sqs_processor.telemetry import Telemetry
+from sqs_processor.telemetry_settings import TelemetrySettings, resolve_settings
 
 log = logging.getLogger("sqs_processor.cli")
 
@@ -105,7 +107,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.describe is not None:
         return _describe(manager, args.describe)
     rows: list[tuple[str, ...]] = [("KIND", "NAME", "STATUS", "PROVIDER", "DESCRIPTION")]
-    rows += [(KIND_LABELS[c.kind], c.name, "ok", str(c.provider), c.spec.description)
+    rows += [(c.kind, c.name, "ok", str(c.provider), c.spec.description)
              for c in manager.all_components()]
     rows += [("plugin", s.provider.name, s.status, str(s.provider), s.reason)
              for s in manager.skipped]
@@ -138,9 +140,9 @@ def _describe(manager: PluginManager, name: str) -> int:
     return 0
 
 
-def describe_component(component: Component) -> str:
+def describe_component(component: Registration) -> str:
     """A component, its provider and its options, as ``plugins --describe`` prints them."""
-    lines = [f"{KIND_LABELS[component.kind]} {component.name}",
+    lines = [f"{component.kind} {component.name}",
              f"  provider: {component.provider}"]
     if component.spec.description:
         lines.append(f"  {component.spec.description}")

@@ -1,7 +1,10 @@
 """Base classes for the four kinds of pipeline component, and the guarantees around them.
 
 The runner drives components from several threads. What each method may do, when it is called
-and what the runner promises in return is stated here, once; plugins rely on nothing else.
+and what the runner promises in return is stated here, once; plugins rely on nothing else. What a
+component can do beyond the basics is declared here too, as attributes and methods with
+defaults (a source's queue name and visibility timeout, a :class:`BatchedSink`'s batch policy),
+so the engine reads them directly and never probes a component for optional extras.
 
 Lifecycle, for every component: the factory builds it (no network I/O there: ``validate`` builds
 the whole pipeline offline), ``start()`` is called once before the first message, ``close()``
@@ -34,9 +37,15 @@ class Source:
       returns the messages it could not extend, as :class:`AckFailure` entries.
     * Nothing is guaranteed to be called after a SIGKILL: messages that were in flight simply
       reappear after their visibility timeout. That is why delivery is at-least-once.
+
+    Identity, for metric labels, span names and logs: ``queue_name`` (None: the source's type
+    name from the YAML is used) and ``messaging_system`` (the OpenTelemetry
+    ``messaging.system``, e.g. ``aws_sqs``; None: the source's type name).
     """
 
     max_batch: int = 10
+    queue_name: str | None = None
+    messaging_system: str | None = None
 
     def start(self) -> None:
         """Check the source can be used (called once, from the main thread, before polling)."""
@@ -92,7 +101,7 @@ class WriteResult:
 
 
 class Sink:
-    """Where records are written.
+    """Where records are written, one record at a time.
 
     * ``write(record)`` stores one record and returns a :class:`WriteResult` only once the
       storage has accepted it; the runner deletes the message after that and never before.
@@ -115,6 +124,53 @@ class Sink:
         """Called once, after the last write has returned."""
 
 
+@dataclass(frozen=True)
+class BatchPolicy:
+    """When a :class:`BatchedSink`'s batch is written: whichever limit is reached first."""
+
+    max_records: int
+    max_bytes: int
+    max_age: float  # seconds the batch's first record may wait
+
+
+class BatchedSink(Sink):
+    """A sink that stores many records per object (for the S3 sink: NDJSON, optionally gzip).
+
+    The engine collects records per ``batch_key(record)`` and hands a batch to
+    ``write_batch(key, lines, messages)`` when it reaches ``batch_policy.max_records`` or
+    ``max_bytes``, or when its first record has waited ``max_age`` seconds.
+
+    * ``encode(record)`` returns one record's bytes in the object. It runs in a worker thread, so
+      a record that cannot be encoded fails on its own (raise
+      :class:`~sqs_processor.MessageError`).
+    * ``write_batch`` runs in the engine's flush threads, several at once, and returns only once
+      the storage accepted the whole object. The batch's messages are deleted after that and
+      never before; until then they stay in flight, kept hidden by the visibility heartbeat.
+      Writing the same batch again must not make a second object (the S3 sink names the object
+      after its first message and its size and writes it conditionally).
+    * An exception fails every message of the batch (each is redelivered), unless it is a system
+      failure, which holds the batch and retries it once the system pause is over.
+    * ``write`` is not called.
+    """
+
+    def __init__(self, batch_policy: BatchPolicy) -> None:
+        self.batch_policy = batch_policy
+
+    def batch_key(self, record: Record) -> str:
+        raise NotImplementedError
+
+    def encode(self, record: Record) -> bytes:
+        raise NotImplementedError
+
+    def write_batch(self, key: str, lines: Sequence[bytes],
+                    messages: Sequence[Message]) -> WriteResult:
+        raise NotImplementedError
+
+    def write(self, record: Record) -> WriteResult:
+        raise TypeError(f"{type(self).__name__} is a batched sink: records go through "
+                        "encode() and write_batch()")
+
+
 @dataclass(frozen=True, slots=True)
 class AckFailure:
     """A message an acker could not acknowledge, with the reason from the service."""
@@ -128,11 +184,12 @@ class AckFailure:
 class Acker:
     """Acknowledges messages that are done (written, or dropped on purpose).
 
-    * ``ack(messages)`` is called from the single ack thread with at most ``max_batch``
-      messages and returns the ones it could not acknowledge (an empty list when all
-      succeeded). Failures marked ``retryable`` are offered again a few times; the others are
-      logged. An unacknowledged message is redelivered later and recognised by the sink's
-      idempotent write, so a failed ack never loses or duplicates data.
+    * ``ack(messages)`` is called from the ack threads (``service.ack_threads``, several at
+      once, so it must be thread-safe) with at most ``max_batch`` messages and returns the ones
+      it could not acknowledge (an empty list when all succeeded). Failures marked
+      ``retryable`` are offered again a few times; the others are logged. An unacknowledged
+      message is redelivered later and recognised by the sink's idempotent write, so a failed
+      ack never loses or duplicates data.
     * An exception means the whole call failed; the runner treats every message in it as a
       retryable failure.
     """

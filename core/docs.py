@@ -24,9 +24,9 @@ from sqs_processor.config import (
     SERVICE_OPTIONS,
     PluginSettings,
 )
-from sqs_processor.manager import KIND_LABELS, build_plugin_manager
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.options import Option
-from sqs_processor.telemetry import TELEMETRY_OPTIONS
+from sqs_processor.telemetry_settings import TELEMETRY_OPTIONS
 
 BEGIN = "<!-- BEGIN GENERATED CONFIG REFERENCE: run `make docs` to update -->"
 END = "<!-- END GENERATED CONFIG REFERENCE -->"
@@ -38,7 +38,7 @@ SECTIONS = (
     ("errors", "the error sink for messages that keep failing", ERRORS_OPTIONS),
     ("telemetry", "OpenTelemetry export; overrides the OTEL_* variables", TELEMETRY_OPTIONS),
 )
-KIND_SECTIONS = {"source": "source", "transform": "transforms[]", "sink": "sink", "ack": "ack"}
+KIND_SECTIONS = {"source": "source", "transform": "transforms[]", "sink": "sink", "acker": "ack"}
 
 
 def _cell(text: str) -> str:
@@ -74,7 +74,7 @@ def config_reference() -> str:
     # Built-ins only: nothing installed alongside is imported, and the text is the same anywhere.
     manager = build_plugin_manager(PluginSettings(base_dir=Path.cwd(), load_entrypoints=False))
     for component in manager.all_components():
-        kind = KIND_LABELS[component.kind]
+        kind = component.kind
         heading = (f"**`{component.name}` {kind}** (`{KIND_SECTIONS[component.kind]}`, "
                    f"`type: {component.name}`): {_cell(component.spec.description)}")
         parts += [heading, ""]

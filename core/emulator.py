@@ -22,7 +22,8 @@ import sys
 import threading
 
 
-def _serialise_moto_deletes() -> None:
+def serialise_moto_deletes() -> None:
+    """Make moto's ``Queue.delete_message`` (whatever it is now) take the queue's lock."""
     from moto.sqs import models
 
     original = models.Queue.delete_message
@@ -45,7 +46,7 @@ def start(host: str = "127.0.0.1", port: int = 4566):  # type: ignore[no-untyped
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise SystemExit("the emulator needs moto's server: pip install 'sqs-processor[local]' "
                          f"({exc})") from None
-    _serialise_moto_deletes()
+    serialise_moto_deletes()
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     return server

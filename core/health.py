@@ -19,28 +19,53 @@ import logging
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from sqs_processor.errors import describe_error
 from sqs_processor.records import CheckResult
 
+if TYPE_CHECKING:
+    from sqs_processor.pipeline import Pipeline
+    from sqs_processor.telemetry import Telemetry
+
 log = logging.getLogger(__name__)
 
 CHECK_CACHE_SECONDS = 1.0
 
 
+class RunnerStatus(Protocol):
+    """What the health server reads: a :class:`~sqs_processor.runner.Runner`, or the
+    :class:`~sqs_processor.reload.Supervisor` that follows the current one across reloads."""
+
+    @property
+    def pipeline(self) -> Pipeline:
+        """The running pipeline (its checks and its stats)."""
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """Where ``/metrics`` is read from."""
+
+    @property
+    def state(self) -> str:
+        """``created``, ``starting``, ``running``, ``stopping`` or ``stopped``."""
+
+    def liveness(self) -> tuple[bool, str]:
+        """Whether the poll loop is alive, and a short reason."""
+
+    def pause_reason(self) -> str | None:
+        """Why polling is paused after a system failure, or None."""
+
+
 class HealthState:
     """Computes the three answers from a runner and its pipeline's checks."""
 
-    def __init__(self, runner: Any) -> None:
+    def __init__(self, runner: RunnerStatus) -> None:
         self.runner = runner
         self._lock = threading.Lock()
         self._cached: tuple[float, list[dict[str, Any]]] | None = None
-        telemetry = getattr(runner, "telemetry", None)
-        if telemetry is not None:
-            telemetry.metrics.gauge("ready", lambda: 1.0 if self.ready()[0] else 0.0)
+        runner.telemetry.metrics.gauge("ready", lambda: 1.0 if self.ready()[0] else 0.0)
 
     def metrics_text(self) -> str:
         return self.runner.telemetry.prometheus_text()
@@ -72,7 +97,7 @@ class HealthState:
     def ready(self) -> tuple[bool, dict[str, Any]]:
         state = self.runner.state
         checks = list(self.checks())
-        paused = getattr(self.runner, "pause_reason", lambda: None)()
+        paused = self.runner.pause_reason()
         if paused:
             checks.append({"name": "system", "ok": False, "plugin": "runner",
                            "detail": f"polling paused after a system failure: {paused}"})
@@ -154,7 +179,7 @@ class _Server(ThreadingHTTPServer):
 class HealthServer:
     """Serves the health endpoints for ``runner`` on ``host:port`` (port 0: any free port)."""
 
-    def __init__(self, runner: Any, host: str, port: int) -> None:
+    def __init__(self, runner: RunnerStatus, host: str, port: int) -> None:
         self.state = HealthState(runner)
         self._server = _Server((host, port), self.state)
         self._thread = threading.Thread(target=self._server.serve_forever, name="health",

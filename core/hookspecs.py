@@ -12,6 +12,10 @@ Hooks come in two groups.
   one exception is ``sqs_processor_startup``: a plugin that cannot start stops the run, with one
   error naming the plugin and the line that raised.
 
+Every hook is called one plugin at a time, each through that plugin's own pluggy hook caller, so
+pluggy's hook monitoring and tracing see every call and one plugin's exception never hides
+another's.
+
 Implement a hook by writing a function with the hook's name, marked ``@hookimpl``, taking any
 subset of the listed arguments by name. Hook wrappers (``wrapper=True``) are rejected: the engine
 calls each implementation on its own, so that one plugin's exception never hides another's. Give
@@ -307,9 +311,9 @@ def sqs_processor_batch_acked(pipeline: Pipeline, messages: Sequence[Message]) -
     """Called after the acker acknowledged (deleted) a batch of messages.
 
     ``pipeline`` is the running pipeline; ``messages`` are the ones acknowledged successfully
-    (failures are not included). Called from
-    the ack thread. Every implementation is called; return values are ignored; exceptions are
-    logged.
+    (failures are not included). Called from one of the ack threads (``service.ack_threads``,
+    several at once), so make it thread-safe. Every implementation is called; return values
+    are ignored; exceptions are logged.
 
     Example::
 
@@ -344,10 +348,21 @@ def sqs_processor_shutdown(pipeline: Pipeline) -> None:
     """
 
 
+# --------------------------------------------------------------------------------------------
+# The hook names, for the engine (defined here once, from the functions above)
+# --------------------------------------------------------------------------------------------
+
 REGISTRATION_HOOKS = {
-    "source": "sqs_processor_sources",
-    "transform": "sqs_processor_transforms",
-    "sink": "sqs_processor_sinks",
-    "ack": "sqs_processor_ackers",
+    "source": sqs_processor_sources.__name__,
+    "transform": sqs_processor_transforms.__name__,
+    "sink": sqs_processor_sinks.__name__,
+    "acker": sqs_processor_ackers.__name__,
 }
 """Component kind -> the registration hook that provides it."""
+
+HEALTH_HOOK = sqs_processor_health_checks.__name__
+
+OBSERVER_HOOKS = tuple(hook.__name__ for hook in (
+    sqs_processor_startup, sqs_processor_batch_received, sqs_processor_message_written,
+    sqs_processor_message_failed, sqs_processor_batch_acked, sqs_processor_shutdown))
+"""The lifecycle hooks, in the order a run meets them."""

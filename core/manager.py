@@ -1,48 +1,31 @@
-"""Finding plugins and asking them for components: one plugin manager per pipeline.
+"""The plugin manager of one pipeline: a thin facade over pluggy's, with typed accessors.
 
-Plugins come from three places, registered in this order and all through the same path:
+* Registration hooks hand in named specs; :meth:`PluginManager.components` collects them per
+  kind (``source``, ``transform``, ``sink``, ``acker``), sorted by name, and a name registered
+  twice is an error naming both plugins. :meth:`PluginManager.get` resolves what the YAML names.
+* Every hook is called one plugin at a time through that plugin's own pluggy hook caller
+  (:meth:`PluginManager.callers`): one plugin's exception never hides another's result, the
+  provenance of every result is known, and pluggy's hook monitoring and tracing see each call.
 
-1. the built-in list :data:`BUILTIN_PLUGINS` (the SQS source, the S3 sink, ...);
-2. the ``sqs_processor`` entry-point group of installed distributions, loaded one at a time
-   (unless ``plugins.autoload`` or ``$SQS_PROCESSOR_PLUGINS_AUTOLOAD`` switches it off);
-3. the YAML: every ``*.py`` file in the ``plugins.paths`` folders, and ``plugins.modules``
-   entries written ``package.module`` or ``package.module:attribute``.
-
-Before anything is imported, each candidate is checked against the allow and block lists (YAML
-and environment): a blocked plugin is never imported, only listed as skipped. Built-ins are
-always allowed but can be blocked by name; being part of the engine's own package, a blocked
-built-in is not registered (another built-in may still import its module).
-
-A plugin that fails to load from an entry point is a warning, since the pipeline may not need it;
-if the YAML then names a component nobody provides, the error lists the broken and the skipped
-plugins. A file or module the YAML itself names must load, or the config is rejected.
-``check_pending()`` runs after registration, so a misspelled hook name fails loudly instead of
-never being called.
+Vocabulary: a *spec* is the record a registration hook returns (``SinkSpec``), its *kind* is one
+of the four above, a :class:`Registration` is a spec with the plugin that registered it, and a
+*component* is what a spec's factory builds (a ``Sink``). :mod:`sqs_processor.loaders` fills a
+manager from the built-ins, entry points and the YAML.
 """
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
-import inspect
 import logging
-import re
-import sys
-import traceback
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from importlib.metadata import entry_points
-from pathlib import Path
-from types import ModuleType
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from sqs_processor import hookspecs
-from sqs_processor.config import NameList, PluginSettings
-from sqs_processor.errors import ConfigError, describe_error
+from sqs_processor.errors import ConfigError
 from sqs_processor.options import suggest
+from sqs_processor.provenance import BrokenPlugin, Provider, SkippedPlugin, describe_plugin_error
 from sqs_processor.records import (
     AckerSpec,
     HealthCheckSpec,
@@ -52,69 +35,19 @@ from sqs_processor.records import (
     normalise_name,
 )
 
+if TYPE_CHECKING:
+    from sqs_processor.pipeline import Pipeline
+
 log = logging.getLogger(__name__)
 
-ENTRYPOINT_GROUP = "sqs_processor"
-
-BUILTIN_PLUGINS = (
-    "sqs_processor.plugins.sqs_source",
-    "sqs_processor.plugins.json_parse",
-    "sqs_processor.plugins.enrich",
-    "sqs_processor.plugins.s3_sink",
-    "sqs_processor.plugins.sqs_delete",
-)
-"""The built-in plugins, registered exactly as a third-party plugin would be."""
-
-SPEC_TYPES = {"source": SourceSpec, "transform": TransformSpec, "sink": SinkSpec, "ack": AckerSpec}
-KIND_LABELS = {"source": "source", "transform": "transform", "sink": "sink", "ack": "acker"}
+SPEC_TYPES: dict[str, type] = {spec.kind: spec for spec in (SourceSpec, TransformSpec, SinkSpec,
+                                                            AckerSpec)}
+"""Kind -> the spec class its registration hook returns."""
 
 
 @dataclass(frozen=True)
-class Provider:
-    """Where a plugin came from, for messages and ``sqs-processor plugins``.
-
-    ``origin`` is "built-in", "entry point", "file" or "module"; ``detail`` the module, file or
-    entry point with its distribution and version. ``name`` is the short name allow and block
-    lists and listings use; ``path`` the plugin's source file when known, so errors can point
-    at a line. Two providers are equal when origin and detail are.
-    """
-
-    origin: str
-    detail: str
-    name: str = field(default="", compare=False)
-    path: str | None = field(default=None, compare=False)
-
-    def __str__(self) -> str:
-        return f"{self.origin} {self.detail}"
-
-
-@dataclass(frozen=True)
-class BrokenPlugin:
-    """A plugin that could not be loaded or whose registration hook raised."""
-
-    provider: Provider
-    error: str
-
-    def __str__(self) -> str:
-        return f"{self.provider} ({self.error})"
-
-
-@dataclass(frozen=True)
-class SkippedPlugin:
-    """A plugin that was not imported: ``status`` is "blocked" (allow/block lists) or "off"
-    (entry points while autoload is off); ``reason`` says which setting decided it."""
-
-    provider: Provider
-    status: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.provider} ({self.reason})"
-
-
-@dataclass(frozen=True)
-class Component:
-    """A registered component and the plugin that registered it."""
+class Registration:
+    """A registered spec and the plugin that registered it."""
 
     kind: str
     spec: Any
@@ -132,8 +65,16 @@ def _flatten(text: str) -> str:
 class PluginManager:
     """A thin facade over pluggy's manager: typed accessors and clear errors.
 
-    Build one with :func:`build_plugin_manager`; never share one between pipelines.
+    Build one with :func:`~sqs_processor.loaders.build_plugin_manager`; never share one between
+    pipelines.
     """
+
+    @classmethod
+    def create(cls) -> PluginManager:
+        """An empty manager that knows every hook of :mod:`sqs_processor.hookspecs`."""
+        pm = pluggy.PluginManager(hookspecs.hookspec.project_name)
+        pm.add_hookspecs(hookspecs)
+        return cls(pm)
 
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self.pm = pm
@@ -141,7 +82,7 @@ class PluginManager:
         self.broken: list[BrokenPlugin] = []
         self.skipped: list[SkippedPlugin] = []
         self.unmatched: list[str] = []  # allow/block entries that matched no plugin
-        self._components: dict[str, dict[str, Component]] | None = None
+        self._components: dict[str, dict[str, Registration]] | None = None
 
     # -- registration ------------------------------------------------------------------------
 
@@ -158,13 +99,22 @@ class PluginManager:
         except pluggy.PluginValidationError as exc:
             raise ConfigError("plugins", f"{provider} is not a valid plugin: "
                                          f"{_flatten(str(exc))}") from None
-        wrappers = [impl.function.__name__ for impl in self._impls_of(plugin)
-                    if impl.wrapper or impl.hookwrapper]
+        impls = self._impls_of(plugin)
+        wrappers = [impl.function.__name__ for impl in impls if impl.wrapper or impl.hookwrapper]
         if wrappers:
             self.pm.unregister(plugin)
             raise ConfigError("plugins", f"{provider} marks {', '.join(wrappers)} as a hook "
                                          "wrapper; sqs_processor hooks take plain "
                                          "implementations only")
+        defaulted = [f"{impl.function.__name__}({', '.join(impl.kwargnames)})" for impl in impls
+                     if impl.kwargnames]
+        if defaulted:
+            # pluggy before 1.6 never passes an argument that has a default, later versions do:
+            # the same plugin would behave differently depending on what is installed.
+            self.pm.unregister(plugin)
+            raise ConfigError("plugins", f"{provider} gives hook arguments default values: "
+                                         f"{'; '.join(defaulted)}; remove the defaults (every "
+                                         "argument a hook lists is always passed)")
         self._providers[name] = provider
         self._components = None
 
@@ -196,44 +146,44 @@ class PluginManager:
 
     # -- components --------------------------------------------------------------------------
 
-    def components(self, kind: str) -> dict[str, Component]:
-        """All components of ``kind`` ("source", "transform", "sink", "ack"), sorted by name."""
+    def components(self, kind: str) -> dict[str, Registration]:
+        """All components of ``kind`` ("source", "transform", "sink", "acker"), sorted by name."""
         if self._components is None:
             self._components = {k: self._collect(k) for k in hookspecs.REGISTRATION_HOOKS}
         return self._components[kind]
 
-    def all_components(self) -> list[Component]:
+    def all_components(self) -> list[Registration]:
         return [c for kind in hookspecs.REGISTRATION_HOOKS for c in self.components(kind).values()]
 
-    def _collect(self, kind: str) -> dict[str, Component]:
-        hook = getattr(self.pm.hook, hookspecs.REGISTRATION_HOOKS[kind])
+    def _collect(self, kind: str) -> dict[str, Registration]:
+        hook = hookspecs.REGISTRATION_HOOKS[kind]
         expected = SPEC_TYPES[kind]
-        found: dict[str, Component] = {}
-        for impl in hook.get_hookimpls():  # registration order
-            provider = self.provider_of(impl.plugin_name)
+        found: dict[str, Registration] = {}
+        for plugin_name, caller in self.callers(hook):  # registration order
+            provider = self.provider_of(plugin_name)
             try:
-                specs = _as_list(impl.function())
+                specs = self._call(caller)
             except Exception as exc:
-                self._mark_broken(provider,
-                                  f"{hook.name} raised {describe_plugin_error(exc, provider)}")
+                self.mark_broken(provider,
+                                 f"{hook} raised {describe_plugin_error(exc, provider)}")
                 continue
             for spec in specs:
                 if not isinstance(spec, expected):
-                    raise ConfigError("plugins", f"{provider}: {hook.name} returned "
+                    raise ConfigError("plugins", f"{provider}: {hook} returned "
                                                  f"{type(spec).__name__}, expected "
                                                  f"{expected.__name__}")
                 if spec.name in found:
                     first = found[spec.name].provider
-                    raise ConfigError("plugins", f"{KIND_LABELS[kind]} {spec.name!r} is "
+                    raise ConfigError("plugins", f"{kind} {spec.name!r} is "
                                                  f"registered twice: by {first} and by {provider}")
-                found[spec.name] = Component(kind, spec, provider)
+                found[spec.name] = Registration(kind, spec, provider)
         return dict(sorted(found.items()))
 
-    def _mark_broken(self, provider: Provider, error: str) -> None:
+    def mark_broken(self, provider: Provider, error: str) -> None:
         log.warning("plugin %s is broken and was skipped: %s", provider, error)
         self.broken.append(BrokenPlugin(provider, error))
 
-    def get(self, kind: str, name: str, where: str) -> Component:
+    def get(self, kind: str, name: str, where: str) -> Registration:
         """The component the YAML names at ``where``, or a ConfigError that helps fix it."""
         available = self.components(kind)
         try:
@@ -242,7 +192,7 @@ class PluginManager:
             key = name
         if key in available:
             return available[key]
-        label = KIND_LABELS[kind]
+        label = kind
         hint = suggest(key, available)
         known = ", ".join(available) or "none"
         message = f"is not a known {label}{hint} (known {label}s: {known})"
@@ -252,18 +202,18 @@ class PluginManager:
             message += "; plugins not loaded: " + "; ".join(map(str, self.skipped))
         raise ConfigError(f"{where}.type", message, value=name)
 
-    def health_checks(self, pipeline: Any) -> list[tuple[HealthCheckSpec, Provider]]:
+    def health_checks(self, pipeline: Pipeline) -> list[tuple[HealthCheckSpec, Provider]]:
         """Every plugin's readiness checks for the built ``pipeline``."""
         checks: list[tuple[HealthCheckSpec, Provider]] = []
-        for impl in self.pm.hook.sqs_processor_health_checks.get_hookimpls():
-            provider = self.provider_of(impl.plugin_name)
+        for plugin_name, caller in self.callers(hookspecs.HEALTH_HOOK):
+            provider = self.provider_of(plugin_name)
             try:
-                result = call_impl(impl.function, impl.argnames, {"pipeline": pipeline})
+                specs = self._call(caller, pipeline=pipeline)
             except Exception as exc:
-                self._mark_broken(provider, "sqs_processor_health_checks raised "
-                                            f"{describe_plugin_error(exc, provider)}")
+                self.mark_broken(provider, f"{hookspecs.HEALTH_HOOK} raised "
+                                           f"{describe_plugin_error(exc, provider)}")
                 continue
-            for spec in _as_list(result):
+            for spec in specs:
                 if not isinstance(spec, HealthCheckSpec):
                     raise ConfigError("plugins", f"{provider}: sqs_processor_health_checks "
                                                  f"returned {type(spec).__name__}, expected "
@@ -271,13 +221,24 @@ class PluginManager:
                 checks.append((spec, provider))
         return checks
 
-    # -- observers ---------------------------------------------------------------------------
+    # -- calling hooks -------------------------------------------------------------------------
 
-    def observers(self, hook_name: str) -> list[tuple[Any, tuple[str, ...], str]]:
-        """(function, argument names, plugin name) for every implementation of a lifecycle hook."""
-        hook = getattr(self.pm.hook, hook_name)
-        return [(impl.function, tuple(impl.argnames), impl.plugin_name)
-                for impl in hook.get_hookimpls()]
+    def callers(self, hook_name: str) -> list[tuple[str, pluggy.HookCaller]]:
+        """(plugin name, a hook caller for that plugin alone) for every implementation of
+        ``hook_name``, in registration order. Calling one runs that plugin's implementation
+        through pluggy (monitoring and tracing included) and returns its results as a list
+        (empty when it returned None); its exception propagates to the caller alone."""
+        hook: pluggy.HookCaller = getattr(self.pm.hook, hook_name)
+        impls = hook.get_hookimpls()
+        plugins = [impl.plugin for impl in impls]
+        subset = self.pm.subset_hook_caller
+        return [(impl.plugin_name,
+                 subset(hook_name, [other for other in plugins if other is not impl.plugin]))
+                for impl in impls]
+
+    def _call(self, caller: pluggy.HookCaller, **kwargs: Any) -> list[Any]:
+        results = caller(**kwargs)
+        return [item for result in results for item in _as_list(result)]
 
 
 def _as_list(result: Any) -> list[Any]:
@@ -286,223 +247,3 @@ def _as_list(result: Any) -> list[Any]:
     if isinstance(result, Iterable) and not isinstance(result, str | bytes | Mapping):
         return list(result)
     return [result]
-
-
-def call_impl(function: Any, argnames: Iterable[str], kwargs: Mapping[str, Any]) -> Any:
-    """Call a hook implementation with the subset of ``kwargs`` it asks for, as pluggy does."""
-    return function(*[kwargs[name] for name in argnames])
-
-
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-
-
-def load_plugin_file(path: Path) -> ModuleType:
-    """Import a drop-in plugin file on its own, as the engine does for ``plugins.paths``.
-
-    The module gets a name unique to its folder, so two folders may hold files of the same name.
-    """
-    path = Path(path).resolve()
-    digest = hashlib.sha1(str(path.parent).encode(), usedforsecurity=False).hexdigest()[:8]
-    module_name = f"sqs_processor_dropin_{digest}.{path.stem}"
-    spec = importlib.util.spec_from_file_location(module_name, path)
-    if spec is None or spec.loader is None:
-        raise ImportError(f"cannot load {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses and pickling look the module up here
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(module_name, None)
-        raise
-    return module
-
-
-def _load_reference(ref: str) -> object:
-    module_name, _, attr = ref.partition(":")
-    obj: object = importlib.import_module(module_name)
-    for part in filter(None, attr.split(".")):
-        obj = getattr(obj, part)
-    return obj
-
-
-def source_file(plugin: object) -> str | None:
-    """The source file a plugin object (module, class, instance) was defined in, if any."""
-    target = plugin if inspect.ismodule(plugin) or inspect.isclass(plugin) else type(plugin)
-    try:
-        return inspect.getsourcefile(target)  # type: ignore[arg-type]
-    except TypeError:
-        return getattr(plugin, "__file__", None)
-
-
-def describe_plugin_error(exc: BaseException, provider: Provider) -> str:
-    """One line for an exception raised by plugin code, ending with where it was raised.
-
-    A file plugin's line is given as ``(line N)`` (the file is in the provider already); for other
-    plugins the file is named too. The line is the innermost one in the plugin's own file when
-    that is known; otherwise, for an import, the innermost module-level line (the statement of
-    the plugin that failed, not the library code it called).
-    """
-    path = Path(provider.path) if provider.path else None
-    text = describe_error(exc, path if provider.origin == "file" else None)
-    if provider.origin == "file" or isinstance(exc, SyntaxError):
-        return text
-    frames = [f for f in traceback.extract_tb(exc.__traceback__)
-              if not f.filename.startswith("<")]
-    own = [f for f in frames if path is not None and Path(f.filename) == path]
-    if path is None:
-        own = [f for f in frames if f.name == "<module>"]
-    frame = (own or frames or [None])[-1]
-    if frame is None or provider.origin == "built-in":
-        return text
-    return f"{text} ({frame.filename}, line {frame.lineno})"
-
-
-# --------------------------------------------------------------------------------------------
-# Allow and block lists
-# --------------------------------------------------------------------------------------------
-
-
-def _normal(name: str) -> str:
-    """Names compare case-insensitively, with runs of '-', '_' and '.' alike (as PEP 503 does
-    for distributions), so ``My_Plugin`` blocks the distribution ``my-plugin``."""
-    return re.sub(r"[-_.]+", "-", name.strip().lower())
-
-
-class _Policy:
-    """Decides, from names alone and before any import, whether a plugin may load."""
-
-    def __init__(self, settings: PluginSettings | None) -> None:
-        self.allow: tuple[NameList, ...] = settings.allow if settings else ()
-        self.block: tuple[NameList, ...] = settings.block if settings else ()
-        self._used: set[tuple[str, str]] = set()
-
-    def verdict(self, names: Iterable[str], builtin: bool = False) -> str | None:
-        """None when the plugin may load, else why not."""
-        normal = {_normal(n) for n in names if n}
-        reason = None
-        for listed in self.block:
-            for entry in listed.names:
-                if _normal(entry) in normal:
-                    self._used.add((listed.source, entry))
-                    reason = reason or f"blocked by {listed.source} entry {entry!r}"
-        for listed in self.allow:
-            hits = [entry for entry in listed.names if _normal(entry) in normal]
-            self._used.update((listed.source, entry) for entry in hits)
-            if not hits and not builtin:
-                reason = reason or f"not in {listed.source}"
-        return reason
-
-    def unmatched(self) -> list[str]:
-        return [f"{listed.source} entry {entry!r} matches no plugin"
-                for listed in (*self.block, *self.allow) for entry in listed.names
-                if (listed.source, entry) not in self._used]
-
-
-def _distribution(ep: Any) -> tuple[str, str] | None:
-    dist = getattr(ep, "dist", None)
-    if dist is None:
-        return None
-    return str(dist.metadata["Name"]), str(dist.version)
-
-
-def build_plugin_manager(
-    settings: PluginSettings | None = None,
-    *,
-    extra_plugins: Iterable[tuple[str, object] | tuple[str, object, Provider]] = (),
-) -> PluginManager:
-    """Create a fresh plugin manager with the built-ins, entry points and YAML-named plugins.
-
-    ``settings`` None means: built-ins and every entry point, no allow or block lists.
-    ``extra_plugins`` are (name, plugin) pairs, or (name, plugin, provider), registered last, for
-    tests and embedding; the allow and block lists do not apply to them. Raises ConfigError when
-    a plugin the YAML names cannot be loaded or is not valid.
-    """
-    pm = pluggy.PluginManager(hookspecs.hookspec.project_name)
-    pm.add_hookspecs(hookspecs)
-    manager = PluginManager(pm)
-    policy = _Policy(settings)
-
-    def skip(provider: Provider, status: str, reason: str) -> None:
-        log.debug("plugin %s was not loaded: %s", provider, reason,
-                  extra={"event": "plugin_skipped", "plugin": str(provider)})
-        manager.skipped.append(SkippedPlugin(provider, status, reason))
-
-    for module_name in BUILTIN_PLUGINS:
-        short = module_name.rpartition(".")[2]
-        provider = Provider("built-in", module_name, name=short)
-        reason = policy.verdict((module_name, short), builtin=True)
-        if reason:
-            skip(provider, "blocked", reason)
-            continue
-        module = importlib.import_module(module_name)
-        manager.register(module, f"builtin:{module_name}",
-                         Provider("built-in", module_name, name=short, path=source_file(module)))
-
-    autoload = settings is None or settings.load_entrypoints
-    for ep in sorted(entry_points(group=ENTRYPOINT_GROUP), key=lambda e: e.name):
-        dist = _distribution(ep)
-        origin = f"{ep.name!r} ({ep.value})"
-        if dist is not None:
-            origin += f" from {dist[0]} {dist[1]}"
-        provider = Provider("entry point", origin, name=ep.name)
-        reason = policy.verdict((ep.name, dist[0] if dist else ""))
-        if not autoload:
-            off_by = settings.autoload_off_by if settings else ""
-            skip(provider, "off", f"entry points are not loaded: autoload is off ({off_by})")
-            continue
-        if reason:
-            skip(provider, "blocked", reason)
-            continue
-        try:
-            plugin = ep.load()
-        except Exception as exc:
-            manager._mark_broken(provider, describe_plugin_error(exc, provider))
-            continue
-        manager.register(plugin, f"entrypoint:{ep.name}",
-                         Provider("entry point", origin, name=ep.name, path=source_file(plugin)))
-
-    if settings is not None:
-        for i, folder in enumerate(settings.plugin_paths):
-            for path in sorted(folder.glob("*.py")):
-                if path.name.startswith(("_", ".")):
-                    continue
-                provider = Provider("file", str(path), name=path.stem, path=str(path.resolve()))
-                reason = policy.verdict((path.stem, path.name))
-                if reason:
-                    skip(provider, "blocked", reason)
-                    continue
-                try:
-                    module = load_plugin_file(path)
-                except Exception as exc:
-                    raise ConfigError(f"{settings.paths_key}[{i}]",
-                                      f"plugin file {str(path)!r} failed to import: "
-                                      f"{describe_error(exc, path.resolve())}") from None
-                manager.register(module, f"file:{path}", provider)
-        for i, ref in enumerate(settings.plugins):
-            module_name = ref.partition(":")[0]
-            provider = Provider("module", ref, name=ref)
-            reason = policy.verdict((ref, module_name))
-            if reason:
-                skip(provider, "blocked", reason)
-                continue
-            try:
-                plugin = _load_reference(ref)
-            except Exception as exc:
-                raise ConfigError(f"{settings.modules_key}[{i}]",
-                                  f"{ref!r} failed to import: "
-                                  f"{describe_plugin_error(exc, provider)}") from None
-            manager.register(plugin, f"module:{ref}",
-                             Provider("module", ref, name=ref, path=source_file(plugin)))
-
-    for name, plugin, *provided in extra_plugins:
-        provider = provided[0] if provided else Provider("module", name, name=name,
-                                                         path=source_file(plugin))
-        manager.register(plugin, name, provider)
-
-    manager.unmatched = policy.unmatched()
-    for warning in manager.unmatched:
-        log.warning("plugin list: %s", warning, extra={"event": "plugin_list_unmatched"})
-    manager.check_pending()
-    return manager

@@ -20,17 +20,13 @@ from typing import Any
 import boto3
 
 from sqs_processor.aws import AwsClients
+from sqs_processor.components import Acker, BatchedSink, Sink, Source, Transform
 from sqs_processor.config import ComponentConfig, PipelineConfig
 from sqs_processor.errors import ConfigError, describe_error
-from sqs_processor.manager import (
-    Component,
-    PluginManager,
-    Provider,
-    call_impl,
-    describe_plugin_error,
-)
+from sqs_processor.manager import PluginManager, Registration
 from sqs_processor.options import validate_options
 from sqs_processor.process import Step
+from sqs_processor.provenance import Provider, describe_plugin_error
 from sqs_processor.records import BuildContext, HealthCheckSpec
 
 STAT_NAMES = (
@@ -100,14 +96,14 @@ class Pipeline:
     config: PipelineConfig
     plugins: PluginManager
     aws: AwsClients
-    source: Any
+    source: Source
     transforms: list[tuple[str, Step]]
-    sink: Any
-    acker: Any
-    used: dict[str, Component]
+    sink: Sink
+    acker: Acker
+    used: dict[str, Registration]  # YAML key ("source", "transforms[0]") -> what built it
     health_checks: list[tuple[HealthCheckSpec, Provider]] = field(default_factory=list)
     stats: Stats = field(default_factory=Stats)
-    error_sink: Any = None
+    error_sink: Sink | None = None
 
     def provider_of_stage(self, stage: str) -> Provider | None:
         """The plugin behind a stage name (``transform:redact``, ``sink:s3``), if known."""
@@ -120,21 +116,23 @@ class Pipeline:
     def start_steps(self) -> list[StartStep]:
         """What starting the pipeline runs, in order; the runner stops at the first failure."""
         steps = [StartStep("aws clients", self.aws.connect, "the AWS clients")]
-        for where, part in (("source", self.source), ("sink", self.sink), ("ack", self.acker),
-                            ("errors.sink", self.error_sink)):
-            start = getattr(part, "start", None)
-            if callable(start):
-                component = self.used.get(where)
-                label = f"the {where}"
-                if component is not None:
-                    label = f"the {where} {component.name!r} from {component.provider}"
-                steps.append(StartStep(where, start, label,
-                                       component.provider if component else None))
-        for function, argnames, plugin_name in self.plugins.observers("sqs_processor_startup"):
+        parts: list[tuple[str, Source | Sink | Acker | None]] = [
+            ("source", self.source), ("sink", self.sink), ("ack", self.acker),
+            ("errors.sink", self.error_sink)]
+        for where, part in parts:
+            if part is None:
+                continue
+            built = self.used.get(where)
+            label = f"the {where}"
+            if built is not None:
+                label = f"the {where} {built.name!r} from {built.provider}"
+            steps.append(StartStep(where, part.start, label,
+                                   built.provider if built else None))
+        for plugin_name, caller in self.plugins.callers("sqs_processor_startup"):
             provider = self.plugins.provider_of(plugin_name)
 
-            def run(function: Any = function, argnames: tuple[str, ...] = argnames) -> object:
-                return call_impl(function, argnames, {"pipeline": self})
+            def run(caller: Any = caller) -> object:
+                return caller(pipeline=self)
 
             steps.append(StartStep(f"plugin {plugin_name}", run,
                                    f"plugin {provider}: sqs_processor_startup raised", provider))
@@ -175,12 +173,15 @@ def _resolve_region(config: PipelineConfig) -> str:
     return region
 
 
+BASE_CLASSES: dict[str, type] = {"source": Source, "sink": Sink, "acker": Acker}
+"""What a factory of each kind must build (a transform is any callable, a Transform or not)."""
+
+
 def _build(
-    component: Component,
+    component: Registration,
     block: ComponentConfig,
     config: PipelineConfig,
     aws: AwsClients,
-    required_method: str,
 ) -> Any:
     try:
         options = validate_options(component.spec.options, block.options, block.where,
@@ -199,20 +200,28 @@ def _build(
                                        f"{component.provider} could not be built: "
                                        f"{describe_plugin_error(exc, component.provider)}"
                           ) from None
-    if not callable(getattr(built, required_method, None)):
+    base = BASE_CLASSES.get(component.kind)
+    if base is not None and not isinstance(built, base):
         raise ConfigError(block.where, f"{component.kind} {component.name!r} from "
                                        f"{component.provider} built a {type(built).__name__}, "
-                                       f"which has no {required_method}() method")
+                                       f"which is not a {base.__name__}; subclass "
+                                       f"sqs_processor.{base.__name__}")
+    if base is None and not callable(built):
+        raise ConfigError(block.where, f"transform {component.name!r} from "
+                                       f"{component.provider} built a {type(built).__name__}, "
+                                       "which is not callable; return a function "
+                                       "record -> Record | None, or a sqs_processor.Transform")
     return built
 
 
-def _error_sink_block(config: PipelineConfig, component: Component) -> ComponentConfig:
-    """The error sink's options: the main sink's when it is the same type, the errors prefix
-    where the sink takes one, then ``errors.options`` over them."""
+def _error_sink_block(config: PipelineConfig, component: Registration) -> ComponentConfig:
+    """The error sink's options: the main sink's when it is the same type (without its batch
+    setting), the errors prefix where the sink takes one, then ``errors.options`` over them."""
     errors = config.errors
     options: dict[str, Any] = {}
     if component.name == config.sink.type:
         options.update(config.sink.options)
+        options.pop("batch", None)  # error objects are one per message, whatever the main sink
     if any(option.name == "prefix" for option in component.spec.options):
         options["prefix"] = errors["prefix"]
     options.update(errors["options"] or {})
@@ -233,18 +242,17 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
         read_timeout=config.aws["read_timeout"],
         max_attempts=config.aws["max_attempts"],
     )
-    used: dict[str, Component] = {}
+    used: dict[str, Registration] = {}
 
-    def build(kind: str, block: ComponentConfig, method: str) -> Any:
+    def build(kind: str, block: ComponentConfig) -> Any:
         component = plugins.get(kind, block.type, block.where)
         used[block.where] = component
-        return _build(component, block, config, aws, method)
+        return _build(component, block, config, aws)
 
-    source = build("source", config.source, "receive")
-    transforms = [(block.type, build("transform", block, "__call__"))
-                  for block in config.transforms]
-    sink = build("sink", config.sink, "write")
-    acker = build("ack", config.ack, "ack")
+    source: Source = build("source", config.source)
+    transforms = [(block.type, build("transform", block)) for block in config.transforms]
+    sink: Sink = build("sink", config.sink)
+    acker: Acker = build("acker", config.ack)
     error_sink = None
     errors = config.errors
     if errors["sink"] != "none":
@@ -255,16 +263,19 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
                 "errors.prefix", "is the main sink's prefix, so error objects would take the "
                 "keys of archived messages", value=block.options.get("prefix"),
                 expected="a different prefix, e.g. errors/"))
-        error_sink = build("sink", block, "write")
+        error_sink = build("sink", block)
+        if isinstance(error_sink, BatchedSink):
+            raise config.explain(ConfigError(
+                "errors.sink", "is a batched sink; error objects are written one per message",
+                value=block.type, expected="a sink without batching (drop errors.options.batch)"))
 
-    policy = getattr(sink, "batch", None)
-    max_records = getattr(policy, "max_records", None)
-    if isinstance(max_records, int) and service["max_in_flight"] < max_records:
+    if isinstance(sink, BatchedSink) and service["max_in_flight"] < sink.batch_policy.max_records:
+        max_records = sink.batch_policy.max_records
         raise config.explain(ConfigError(
             "service.max_in_flight", "is smaller than the sink's batch", value=service[
                 "max_in_flight"], expected=f"at least batch.max_records ({max_records}), or "
                                            "batches only ever flush by age"))
-    batch = int(getattr(source, "max_batch", 10))
+    batch = int(source.max_batch)
     if service["max_in_flight"] < batch:
         raise config.explain(ConfigError(
             "service.max_in_flight", "is smaller than one receive", value=service["max_in_flight"],
@@ -280,15 +291,17 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
 def close_pipeline(pipeline: Pipeline) -> None:
     """Close every component once, then the AWS clients; errors are collected, not raised."""
     errors: list[str] = []
-    parts = [("source", pipeline.source), *pipeline.transforms, ("sink", pipeline.sink),
-             ("ack", pipeline.acker), ("errors.sink", pipeline.error_sink)]
+    parts: list[tuple[str, Any]] = [
+        ("source", pipeline.source), *pipeline.transforms, ("sink", pipeline.sink),
+        ("ack", pipeline.acker), ("errors.sink", pipeline.error_sink)]
     for name, part in parts:
-        close = getattr(part, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception as exc:
-                errors.append(f"{name}: {describe_error(exc)}")
+        # Transforms may be plain functions; only a Transform promises close().
+        if part is None or (not isinstance(part, Source | Sink | Acker | Transform)):
+            continue
+        try:
+            part.close()
+        except Exception as exc:
+            errors.append(f"{name}: {describe_error(exc)}")
     pipeline.aws.close()
     if errors:
         logging.getLogger(__name__).warning("errors while closing: %s", "; ".join(errors))

@@ -47,11 +47,6 @@ class Outcome:
     record: Record | None = None
     result: WriteResult | None = None
 
-    @property
-    def acknowledge(self) -> bool:
-        """Whether the message is done and may be deleted from the queue."""
-        return self.status in ("written", "dropped")
-
 
 def _no_context(stage: str) -> AbstractContextManager[Any]:
     return nullcontext()

@@ -111,7 +111,7 @@ class SinkSpec(_ComponentSpec):
 class AckerSpec(_ComponentSpec):
     """Registers an acker: ``factory(options, context) -> Acker``."""
 
-    kind: ClassVar[str] = "ack"
+    kind: ClassVar[str] = "acker"
     factory: Callable[[Mapping[str, Any], BuildContext], Acker]
 
 

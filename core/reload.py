@@ -107,7 +107,7 @@ class _Running:
 class Supervisor:
     """Runs one pipeline at a time and swaps in a new one on reload.
 
-    The health server talks to the supervisor as it would to a runner: ``pipeline``,
+    It implements :class:`~sqs_processor.health.RunnerStatus`, as a runner does: ``pipeline``,
     ``state``, ``liveness()``, ``pause_reason()`` and ``telemetry`` follow the current runner.
     """
 
@@ -129,7 +129,6 @@ class Supervisor:
         self._watch_interval = watch_interval
         self._fingerprint = fingerprint(watched_paths(pipeline)) if self._watch else ""
         self._pending: str | None = None
-        self.reloads = {"ok": 0, "rejected": 0}
 
     # -- what the health server and signal handlers use ---------------------------------------
 
@@ -215,7 +214,6 @@ class Supervisor:
         old.stop()  # finishes or releases its in-flight messages and flushes its deletes
         if self._watch:
             self._fingerprint = fingerprint(watched_paths(pipeline))
-        self.reloads["ok"] += 1
         self.telemetry.metrics.reloads.add(1, {"outcome": "ok"})
         log.info("reloaded: now running %s", pipeline.describe_line(),
                  extra={"event": "reloaded", "outcome": "ok"})
@@ -224,7 +222,6 @@ class Supervisor:
     def _rejected(self, why: str, watched: str) -> bool:
         if self._watch:
             self._fingerprint = watched  # do not retry the same content; the next change will
-        self.reloads["rejected"] += 1
         self.telemetry.metrics.reloads.add(1, {"outcome": "rejected"})
         log.error("reload rejected, still running the previous pipeline: %s", why,
                   extra={"event": "reload_rejected", "outcome": "rejected"})

@@ -14,16 +14,16 @@ from typing import Any
 import orjson
 
 from sqs_processor import (
+    IDENTITY_FIELDS,
     BuildContext,
     ConfigError,
     Option,
     Record,
     Transform,
     TransformSpec,
+    check_field_name,
     hookimpl,
 )
-from sqs_processor.message import IDENTITY_FIELDS
-from sqs_processor.options import check_field_name
 
 ADDED_FIELDS = ("attributes", "message_attributes", "received_at", "receipt_handle")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import gzip
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -29,21 +29,25 @@ from botocore.compat import HAS_CRT
 from botocore.exceptions import ClientError
 
 from sqs_processor import (
+    CONTROL_CHARACTERS,
+    REQUIRED,
+    BatchedSink,
+    BatchPolicy,
     BuildContext,
     ConfigError,
     HealthCheckSpec,
+    LastCallCheck,
+    Message,
     MessageError,
     Option,
     Record,
     Sink,
     SinkSpec,
     WriteResult,
+    error_code,
     hookimpl,
+    validate_options,
 )
-from sqs_processor.batching import BatchPolicy
-from sqs_processor.checks import LastCallCheck
-from sqs_processor.errors import CONTROL_CHARACTERS, error_code
-from sqs_processor.options import REQUIRED
 
 SSE_CHOICES = ("AES256", "aws:kms", "aws:kms:dsse")
 CHECKSUM_CHOICES = ("CRC32", "CRC32C", "SHA1", "SHA256", "CRC64NVME")
@@ -89,9 +93,16 @@ OPTIONS = (
            "message."),
 )
 
-BATCH_KEYS = {"max_records": (int, 500, 1, 100_000), "max_bytes": (int, 8 * 1024 * 1024, 1024,
-                                                                     1024 ** 3),
-              "max_age_seconds": (float, 10.0, 0.05, 3600.0)}
+BATCH_OPTIONS = (
+    Option("max_records", int, 500, "Records per object, at most.", minimum=1, maximum=100_000),
+    Option("max_bytes", int, 8 * 1024 * 1024, "Bytes per object (before compression), at most.",
+           minimum=1024, maximum=1024 ** 3),
+    Option("max_age_seconds", float, 10.0, "Longest wait of a batch's first record.",
+           minimum=0.05, maximum=3600),
+    Option("compression", str, "none", "none, or gzip (Content-Encoding: gzip).",
+           choices=("none", "gzip")),
+)
+"""The keys of the ``batch`` option (the one place their defaults are written)."""
 
 # \Z, not $: "$" also matches before a trailing line break.
 _BUCKET = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9._-]{1,253}[a-zA-Z0-9]\Z")
@@ -275,11 +286,12 @@ def put_parameters(options: Mapping[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-class S3Sink(Sink):
-    """Writes each record as its own object; thread-safe."""
+class S3Objects:
+    """Puts objects into one bucket: keys, the conditional put, and the outcome of each call
+    (for the ``s3_write`` readiness check). Shared by both sinks below; thread-safe."""
 
     def __init__(self, client: Any, options: Mapping[str, Any],
-                 extra: Mapping[str, Any] | None = None) -> None:
+                 put_options: Mapping[str, Any]) -> None:
         self.client = client
         self.bucket: str = options["bucket"]
         self.prefix: str = options["prefix"]
@@ -287,53 +299,17 @@ class S3Sink(Sink):
         self.content_type: str = options["content_type"]
         self._condition = {"IfNoneMatch": "*"} if options["conditional_write"] else {}
         # ExpectedBucketOwner, encryption, tags, metadata, checksum: the same on every put.
-        self.put_options: dict[str, Any] = dict(extra or {})
+        self.put_options: dict[str, Any] = dict(put_options)
         self.check = LastCallCheck(f"write to bucket {self.bucket}")
-        self.batch: BatchPolicy | None = options.get("batch_policy")
-        self.gzip: bool = bool(options.get("batch_gzip"))
 
-    def key_for(self, record: Record) -> str:
+    def folder_for(self, record: Record) -> str:
+        """``<prefix>YYYY/MM/DD/HH/``: the hour of SentTimestamp (or of the receive)."""
         message = record.message
-        message_id = message.message_id
-        if not _MESSAGE_ID.match(message_id) or message_id in (".", ".."):
-            raise MessageError(f"message id {message_id!r} cannot be used in an S3 key")
         when: datetime = (message.sent_at if self.use_sent_time else None) or message.received_at
-        return f"{self.prefix}{when:%Y/%m/%d/%H}/{message_id}.json"
+        return f"{self.prefix}{when:%Y/%m/%d/%H}/"
 
-    def write(self, record: Record) -> WriteResult:
-        key = self.key_for(record)
-        try:
-            body = orjson.dumps(record.document)
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise MessageError(f"document cannot be encoded as JSON: {exc}") from None
-        return self._put(key, body, self.content_type)
-
-    # -- batched mode (see sqs_processor.batching) ---------------------------------------------
-
-    def batch_key(self, record: Record) -> str:
-        """The hour folder a record's batch goes to (same time rule as single objects)."""
-        return self.key_for(record).rpartition("/")[0] + "/"
-
-    def encode(self, record: Record) -> bytes:
-        """One NDJSON line: the same document a single object would hold."""
-        try:
-            return orjson.dumps(record.document) + b"\n"
-        except (TypeError, orjson.JSONEncodeError) as exc:
-            raise MessageError(f"document cannot be encoded as JSON: {exc}") from None
-
-    def write_batch(self, folder: str, lines: list[bytes], messages: list[Any]) -> WriteResult:
-        """One object for the batch, named after its first message id and its size, so writing
-        the same batch again meets the conditional put instead of making a copy."""
-        body = b"".join(lines)
-        name = f"{folder}{messages[0].message_id}-{len(lines)}.ndjson"
-        if self.gzip:
-            body = gzip.compress(body, compresslevel=6, mtime=0)
-            name += ".gz"
-        return self._put(name, body, "application/x-ndjson",
-                         {"ContentEncoding": "gzip"} if self.gzip else {})
-
-    def _put(self, key: str, body: bytes, content_type: str,
-             extra: Mapping[str, Any] | None = None) -> WriteResult:
+    def put(self, key: str, body: bytes, content_type: str,
+            extra: Mapping[str, Any] | None = None) -> WriteResult:
         location = f"s3://{self.bucket}/{key}"
         try:
             self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
@@ -354,39 +330,77 @@ class S3Sink(Sink):
         return WriteResult(location=location, created=True)
 
 
-def batch_policy(raw: Mapping[str, Any] | None, where: str) -> tuple[BatchPolicy | None, bool]:
-    """The batched-mode settings from the ``batch`` option, checked; (None, False) when off."""
-    if raw is None:
-        return None, False
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name == "compression":
-            if value not in ("none", "gzip"):
-                raise ConfigError(f"{where}.compression", "is not a supported compression",
-                                  value=value, expected="none or gzip")
-            continue
-        if name not in BATCH_KEYS:
-            known = ", ".join([*BATCH_KEYS, "compression"])
-            raise ConfigError(f"{where}.{name}", "is not a batch setting", value=value,
-                              expected=f"one of {known}")
-        kind, _default, low, high = BATCH_KEYS[name]
-        option = Option(name, kind, None, minimum=low, maximum=high)
-        values[name] = option.convert(value, f"{where}.{name}")
-    policy = BatchPolicy(
-        max_records=values.get("max_records") or BATCH_KEYS["max_records"][1],
-        max_bytes=values.get("max_bytes") or BATCH_KEYS["max_bytes"][1],
-        max_age=values.get("max_age_seconds") or BATCH_KEYS["max_age_seconds"][1],
-    )
-    return policy, raw.get("compression") == "gzip"
+def encode(record: Record) -> bytes:
+    """The stored JSON document; a record JSON cannot hold is that message's failure."""
+    try:
+        return orjson.dumps(record.document)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise MessageError(f"document cannot be encoded as JSON: {exc}") from None
 
 
-def build(options: Mapping[str, Any], context: BuildContext) -> S3Sink:
+class S3Sink(Sink):
+    """Writes each record as its own object, ``<prefix>YYYY/MM/DD/HH/<message-id>.json``."""
+
+    def __init__(self, client: Any, options: Mapping[str, Any],
+                 put_options: Mapping[str, Any] | None = None) -> None:
+        self.objects = S3Objects(client, options, put_options or {})
+        self.prefix = self.objects.prefix
+        self.check = self.objects.check
+
+    def key_for(self, record: Record) -> str:
+        message_id = record.message.message_id
+        if not _MESSAGE_ID.match(message_id) or message_id in (".", ".."):
+            raise MessageError(f"message id {message_id!r} cannot be used in an S3 key")
+        return f"{self.objects.folder_for(record)}{message_id}.json"
+
+    def write(self, record: Record) -> WriteResult:
+        key = self.key_for(record)
+        return self.objects.put(key, encode(record), self.objects.content_type)
+
+
+class BatchedS3Sink(BatchedSink):
+    """Writes batches as NDJSON objects (optionally gzip) per hour folder:
+    ``<prefix>YYYY/MM/DD/HH/<first-message-id>-<count>.ndjson[.gz]``."""
+
+    def __init__(self, client: Any, options: Mapping[str, Any], put_options: Mapping[str, Any],
+                 policy: BatchPolicy, gzip: bool) -> None:
+        super().__init__(policy)
+        self.objects = S3Objects(client, options, put_options)
+        self.check = self.objects.check
+        self.gzip = gzip
+
+    def batch_key(self, record: Record) -> str:
+        """The hour folder a record's batch goes to (same time rule as single objects)."""
+        return self.objects.folder_for(record)
+
+    def encode(self, record: Record) -> bytes:
+        """One NDJSON line: the same document a single object would hold."""
+        return encode(record) + b"\n"
+
+    def write_batch(self, key: str, lines: Sequence[bytes],
+                    messages: Sequence[Message]) -> WriteResult:
+        """One object for the batch, named after its first message id and its size, so writing
+        the same batch again meets the conditional put instead of making a copy."""
+        body = b"".join(lines)
+        name = f"{key}{messages[0].message_id}-{len(lines)}.ndjson"
+        if self.gzip:
+            body = gzip.compress(body, compresslevel=6, mtime=0)
+            name += ".gz"
+        return self.objects.put(name, body, "application/x-ndjson",
+                                {"ContentEncoding": "gzip"} if self.gzip else {})
+
+
+def build(options: Mapping[str, Any], context: BuildContext) -> S3Sink | BatchedS3Sink:
     check_bucket(options["bucket"], f"{context.where}.bucket")
     check_prefix(options["prefix"], f"{context.where}.prefix")
-    policy, use_gzip = batch_policy(options["batch"], f"{context.where}.batch")
-    extra = put_parameters(options, context.where)
-    return S3Sink(context.aws.client("s3"),
-                  {**options, "batch_policy": policy, "batch_gzip": use_gzip}, extra)
+    put_options = put_parameters(options, context.where)
+    client = context.aws.client("s3")
+    if options["batch"] is None:
+        return S3Sink(client, options, put_options)
+    batch = validate_options(BATCH_OPTIONS, options["batch"], f"{context.where}.batch")
+    policy = BatchPolicy(max_records=batch["max_records"], max_bytes=batch["max_bytes"],
+                         max_age=batch["max_age_seconds"])
+    return BatchedS3Sink(client, options, put_options, policy, batch["compression"] == "gzip")
 
 
 @hookimpl
@@ -401,7 +415,7 @@ def sqs_processor_sinks():
 
 @hookimpl
 def sqs_processor_health_checks(pipeline):
-    if isinstance(pipeline.sink, S3Sink):
+    if isinstance(pipeline.sink, S3Sink | BatchedS3Sink):
         return HealthCheckSpec(name="s3_write", check=pipeline.sink.check,
                                description="The last write to the bucket did not fail.")
     return None

@@ -18,19 +18,20 @@ from typing import Any
 from urllib.parse import urlparse
 
 from sqs_processor import (
+    REQUIRED,
     AckFailure,
     BuildContext,
     ConfigError,
     HealthCheckSpec,
+    LastCallCheck,
     Message,
     Option,
     Source,
     SourceSpec,
+    describe_error,
+    error_code,
     hookimpl,
 )
-from sqs_processor.checks import LastCallCheck
-from sqs_processor.errors import describe_error, error_code
-from sqs_processor.options import REQUIRED
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +89,8 @@ def message_from_sqs(raw: Mapping[str, Any], received_at: datetime) -> Message:
 
 class SqsSource(Source):
     """Receives from one SQS queue; safe to call from several poller threads."""
+
+    messaging_system = "aws_sqs"
 
     def __init__(self, client: Any, options: Mapping[str, Any]) -> None:
         self.client = client

@@ -17,7 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
-from support import REGION, RunningPipeline, unique, write_config
+from helpers.support import REGION, RunningPipeline, unique, write_config
 
 
 @pytest.fixture(scope="session")

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import pipeline_config, queue_counts, unique, wait_for, write_config
+from helpers.support import pipeline_config, queue_counts, unique, wait_for, write_config
 
 from sqs_processor.config import load_config
 from sqs_processor.errors import ConfigError
-from sqs_processor.manager import build_plugin_manager
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.pipeline import build_pipeline
 
 
@@ -117,7 +117,8 @@ def test_a_record_that_cannot_be_encoded_fails_alone(tmp_path, sqs, s3, queue_ur
 
 @pytest.mark.parametrize(("batch", "service", "match"), [
     ({"max_records": 100}, {"max_in_flight": 20}, r"service\.max_in_flight.*batch"),
-    ({"max_recrods": 10}, {}, r"sink\.batch\.max_recrods: .*is not a batch setting"),
+    ({"max_recrods": 10}, {},
+     r"sink\.batch\.max_recrods: is not an option.*did you mean 'max_records'"),
     ({"compression": "zstd"}, {}, r"sink\.batch\.compression"),
     ({"max_age_seconds": 0}, {}, r"sink\.batch\.max_age_seconds.*out of range"),
 ])

@@ -18,11 +18,11 @@ from typing import Any
 import orjson
 import pytest
 from botocore.exceptions import ClientError
-from support import pipeline_config, queue_counts, unique, wait_for, write_config
+from helpers.support import pipeline_config, queue_counts, unique, wait_for, write_config
 
 from sqs_processor.config import load_config
 from sqs_processor.errors import ConfigError, MessageError, error_code
-from sqs_processor.manager import build_plugin_manager
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.message import Message, Record
 from sqs_processor.pipeline import Pipeline, build_pipeline, close_pipeline
 

@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from support import CLI, ROOT, cli_env
+from helpers.support import CLI, ROOT, cli_env
 
 QUEUE = "https://sqs.us-west-1.amazonaws.com/123456789012/example"
 BUCKET = "example-bucket"
@@ -242,9 +242,9 @@ def test_plugins_lists_the_five_built_ins_with_their_kinds(tripwire):
 
 def test_plugins_with_a_broken_config_exits_2(tmp_path, tripwire):
     path = tmp_path / "bad.yaml"
-    path.write_text(GOOD_YAML + "plugin_paths: [no-such-folder]\n", encoding="utf-8")
+    path.write_text(GOOD_YAML + "plugins: {paths: [no-such-folder]}\n", encoding="utf-8")
     result = cli(["plugins", "--config", str(path)], child_env(tripwire))
-    assert_config_error(result, "plugin_paths[0]: 'no-such-folder' is not a directory")
+    assert_config_error(result, "plugins.paths[0]: 'no-such-folder' is not a directory")
 
 
 

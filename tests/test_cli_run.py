@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import queue
 import signal
-import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -16,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import (
-    CLI,
+from helpers.processes import ChildProcess
+from helpers.support import (
     cli_env,
     dropin_folder,
     pipeline_config,
@@ -48,60 +45,18 @@ def sqs_processor_transforms():
 '''
 
 
-class Process:
-    """A `sqs-processor` child whose JSON log lines are collected as they arrive."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.lines.append(line)
-            with contextlib.suppress(ValueError):
-                self.events.put(json.loads(line))
-
-    def wait_event(self, event: str, timeout: float = 20.0, **fields: Any) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                record = self.events.get(timeout=0.1)
-            except queue.Empty:
-                if self.proc.poll() is not None and self.events.empty():
-                    break
-                continue
-            if record.get("event") == event and all(record.get(k) == v for k, v in fields.items()):
-                return record
-        pytest.fail(f"no {event!r} log event; log so far:\n{''.join(self.lines)[-4000:]}")
-
-    def finish(self, timeout: float = 30.0) -> int:
-        code = self.proc.wait(timeout)
-        self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def processes():
-    started: list[Process] = []
+    started: list[ChildProcess] = []
 
-    def start(args: list[str], env: dict[str, str]) -> Process:
-        process = Process(args, env)
+    def start(args: list[str], env: dict[str, str]) -> ChildProcess:
+        process = ChildProcess(args, env)
         started.append(process)
         return process
 
     yield start
     for process in started:
-        process.kill()
+        process.stop()
 
 
 def get(port: int, path: str) -> tuple[int, dict[str, Any]]:
@@ -157,7 +112,7 @@ def test_sigterm_lets_in_flight_messages_finish_and_exits_zero(
     aws_env, sqs, s3, queue_url, bucket, processes, tmp_path: Path
 ):
     plugins = dropin_folder(tmp_path, slow=SLOW_TRANSFORM)
-    config = pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
+    config = pipeline_config(queue_url, bucket, plugins={"paths": [str(plugins)]},
                              transforms=["json_parse", {"type": "slow", "seconds": 1.5}, "enrich"])
     path = write_config(tmp_path, config)
     for i in range(5):
@@ -178,7 +133,7 @@ def test_work_unfinished_at_the_shutdown_deadline_is_released_for_redelivery(
     aws_env, sqs, s3, queue_url, bucket, processes, tmp_path: Path
 ):
     plugins = dropin_folder(tmp_path, slow=SLOW_TRANSFORM)
-    config = pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
+    config = pipeline_config(queue_url, bucket, plugins={"paths": [str(plugins)]},
                              transforms=[{"type": "slow", "seconds": 30}],
                              service={"shutdown_grace_seconds": 1})
     path = write_config(tmp_path, config)
@@ -239,7 +194,7 @@ def test_readiness_fails_while_s3_rejects_writes_and_liveness_stays_up(
     assert process.finish() == 0
 
 
-def _events(process: Process) -> list[dict[str, Any]]:
+def _events(process: ChildProcess) -> list[dict[str, Any]]:
     events = []
     for line in process.lines:
         with contextlib.suppress(ValueError):
@@ -285,7 +240,8 @@ def test_text_logs_escape_line_breaks_from_error_messages(
         "@hookimpl\n"
         "def sqs_processor_transforms():\n"
         "    return TransformSpec(name='forge', factory=lambda options, context: forge)\n"))
-    path = write_config(tmp_path, pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
+    path = write_config(tmp_path, pipeline_config(queue_url, bucket,
+                                                  plugins={"paths": [str(plugins)]},
                                                   transforms=["forge"]))
     sqs.send_message(QueueUrl=queue_url, MessageBody="x")
     process = processes(["run", "--config", str(path)], cli_env(aws_env))

@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import pipeline_config, write_config
+from helpers.support import pipeline_config, write_config
 
 from sqs_processor.config import PipelineConfig, default_config_path, load_config
 from sqs_processor.errors import ConfigError
-from sqs_processor.manager import build_plugin_manager
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.pipeline import Pipeline, build_pipeline
 
 REGION = "us-east-1"
@@ -407,15 +407,15 @@ def test_a_missing_required_component_option_is_rejected(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# plugin_paths and plugins
+# plugins.paths and plugins.modules
 # --------------------------------------------------------------------------------------------
 
 
 def test_a_plugin_path_that_is_not_a_directory_is_rejected(tmp_path):
     (tmp_path / "a-file.py").write_text("", encoding="utf-8")
     for entry in ("missing", "a-file.py"):
-        error = text_error(tmp_path, MINIMAL + f"plugin_paths: [{entry}]\n")
-        assert error.key == "plugin_paths[0]"
+        error = text_error(tmp_path, MINIMAL + f"plugins: {{paths: [{entry}]}}\n")
+        assert error.key == "plugins.paths[0]"
         assert f"'{entry}' is not a directory" in str(error)
 
 
@@ -425,7 +425,7 @@ def test_relative_plugin_paths_start_at_the_config_files_folder(tmp_path, monkey
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    config = load_text(conf, MINIMAL + "plugin_paths: [plugins, ./plugins/]\n")
+    config = load_text(conf, MINIMAL + "plugins: {paths: [plugins, ./plugins/]}\n")
     expected = (conf / "plugins").resolve()
     assert [p.resolve() for p in config.plugin_settings.plugin_paths] == [expected, expected]
     assert config.base_dir == conf.resolve()
@@ -436,36 +436,49 @@ def test_a_relative_plugin_path_is_not_looked_up_in_the_working_directory(tmp_pa
     (tmp_path / "conf").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     with pytest.raises(ConfigError, match="is not a directory"):
-        load_text(tmp_path / "conf", MINIMAL + "plugin_paths: [plugins]\n")
+        load_text(tmp_path / "conf", MINIMAL + "plugins: {paths: [plugins]}\n")
 
 
 def test_plugin_paths_must_be_a_list_of_strings(tmp_path):
-    assert text_error(tmp_path, MINIMAL + "plugin_paths: plugins\n").key == "plugin_paths"
-    assert text_error(tmp_path, MINIMAL + "plugin_paths: ['']\n").key == "plugin_paths[0]"
+    assert text_error(tmp_path, MINIMAL + "plugins: {paths: plugins}\n").key == "plugins.paths"
+    assert text_error(tmp_path, MINIMAL + "plugins: {paths: ['']}\n").key == "plugins.paths[0]"
+
+
+def test_the_plugins_section_is_a_mapping_not_the_older_list_of_modules(tmp_path):
+    error = text_error(tmp_path, MINIMAL + "plugins: [pkg.mod]\n")
+    assert error.key == "plugins" and "has the wrong type" in str(error)
+
+
+@pytest.mark.parametrize("key", ["plugin_paths", "load_entrypoints"])
+def test_the_older_top_level_plugin_keys_are_not_sections(tmp_path, key):
+    error = text_error(tmp_path, MINIMAL + f"{key}: []\n")
+    assert error.key == key and "is not a section of the pipeline config" in str(error)
 
 
 @pytest.mark.parametrize("ref", ["./my_plugin.py", "my plugin", "pkg.mod:", "1pkg", "pkg/mod",
                                  "pkg:a:b"])
 def test_a_plugins_entry_that_is_not_a_module_reference_is_rejected(tmp_path, ref):
-    error = text_error(tmp_path, MINIMAL + f"plugins: ['{ref}']\n")
-    assert error.key == "plugins[0]"
+    error = text_error(tmp_path, MINIMAL + f"plugins: {{modules: ['{ref}']}}\n")
+    assert error.key == "plugins.modules[0]"
     assert f"{ref!r} is not a module reference" in str(error)
 
 
 def test_module_references_are_accepted_with_or_without_an_attribute(tmp_path):
-    config = load_text(tmp_path, MINIMAL + "plugins: [pkg.mod, ' pkg.mod:plugin.attr ']\n")
+    config = load_text(tmp_path,
+                       MINIMAL + "plugins: {modules: [pkg.mod, ' pkg.mod:plugin.attr ']}\n")
     assert config.plugin_settings.plugins == ("pkg.mod", "pkg.mod:plugin.attr")
 
 
 @pytest.mark.parametrize(("value", "expected"), [("false", False), ("'no'", False),
                                                  ("true", True)])
-def test_load_entrypoints_accepts_booleans_and_boolean_words(tmp_path, value, expected):
-    config = load_text(tmp_path, MINIMAL + f"load_entrypoints: {value}\n")
+def test_autoload_accepts_booleans_and_boolean_words(tmp_path, value, expected):
+    config = load_text(tmp_path, MINIMAL + f"plugins: {{autoload: {value}}}\n")
     assert config.plugin_settings.load_entrypoints is expected
 
 
-def test_load_entrypoints_rejects_other_values(tmp_path):
-    assert text_error(tmp_path, MINIMAL + "load_entrypoints: maybe\n").key == "load_entrypoints"
+def test_autoload_rejects_other_values(tmp_path):
+    error = text_error(tmp_path, MINIMAL + "plugins: {autoload: maybe}\n")
+    assert error.key == "plugins.autoload"
 
 
 # --------------------------------------------------------------------------------------------
@@ -595,7 +608,7 @@ def test_the_default_config_uses_the_specs_defaults():
     assert pipeline.source.max_batch == 10
     assert pipeline.source.poll_interval == 30.0
     assert pipeline.source.wait_time_seconds == 20
-    assert pipeline.sink.bucket == BUCKET
+    assert pipeline.sink.objects.bucket == BUCKET
     assert pipeline.sink.prefix == "sqs-messages/"
     assert pipeline.acker.queue_url == QUEUE
 
@@ -733,7 +746,7 @@ def test_a_bad_bucket_name_is_rejected(bucket, problem):
 
 @pytest.mark.parametrize("bucket", ["my.bucket-2024"])
 def test_a_good_bucket_name_is_accepted(bucket):
-    assert build_default(S3_BUCKET_NAME=bucket).sink.bucket == bucket
+    assert build_default(S3_BUCKET_NAME=bucket).sink.objects.bucket == bucket
 
 
 def test_an_unknown_partition_time_is_rejected(tmp_path):
@@ -788,7 +801,7 @@ def test_json_parse_target_must_be_a_field_name(tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("extra", ['"sor\\nce": 1', 'plugins: ["${A\\nB}"]'],
+@pytest.mark.parametrize("extra", ['"sor\\nce": 1', 'plugins: {modules: ["${A\\nB}"]}'],
                          ids=["section-key", "variable-reference"])
 def test_errors_about_names_with_newlines_stay_on_one_line(tmp_path, extra):
     error = text_error(tmp_path, MINIMAL + extra + "\n")

@@ -10,7 +10,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import CLI, ROOT, cli_env, pipeline_config, queue_counts, stored_objects, wait_for
+from helpers.support import (
+    CLI,
+    ROOT,
+    cli_env,
+    pipeline_config,
+    queue_counts,
+    stored_objects,
+    wait_for,
+)
 
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 
@@ -27,7 +35,7 @@ def test_readme_plugin_example_runs_end_to_end(sqs, s3, queue_url, bucket, run_p
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "copy_attribute.py").write_text(plugin_code)
-    config = pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
+    config = pipeline_config(queue_url, bucket, plugins={"paths": [str(plugins)]},
                              transforms=yaml_snippet["transforms"])
     message_id = sqs.send_message(
         QueueUrl=queue_url, MessageBody='{"a": 1}',
@@ -86,7 +94,7 @@ def test_the_readme_configuration_reference_is_current():
 def test_the_reference_documents_every_builtin_option_and_engine_section():
     from sqs_processor.config import AWS_OPTIONS, PLUGIN_OPTIONS, SERVICE_OPTIONS
     from sqs_processor.docs import config_reference
-    from sqs_processor.manager import build_plugin_manager
+    from sqs_processor.loaders import build_plugin_manager
 
     reference = config_reference()
     options = [*SERVICE_OPTIONS, *AWS_OPTIONS, *PLUGIN_OPTIONS]

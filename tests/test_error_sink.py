@@ -14,14 +14,14 @@ import logging
 import re
 
 import pytest
-from invariants import (
+from helpers.invariants import (
     assert_archived_exactly_once,
     create_queue,
     raw_objects,
     send_bodies,
     strict_document,
 )
-from support import dropin_folder, pipeline_config, queue_counts, unique, wait_for
+from helpers.support import dropin_folder, pipeline_config, queue_counts, unique, wait_for
 
 PICKY_TRANSFORM = '''
 from sqs_processor import TransformSpec, hookimpl
@@ -57,7 +57,7 @@ def _send_mix(sqs, queue_url):
 
 def _config(tmp_path, queue_url, bucket, **sections):
     plugins = dropin_folder(tmp_path, picky=PICKY_TRANSFORM)
-    return pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
+    return pipeline_config(queue_url, bucket, plugins={"paths": [str(plugins)]},
                            transforms=["json_parse", "picky", "enrich"], **sections)
 
 

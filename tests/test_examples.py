@@ -14,11 +14,11 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from support import ROOT, queue_counts, stored_objects, wait_for
+from helpers.support import ROOT, queue_counts, stored_objects, wait_for
 
 from sqs_processor import ConfigError, Record
 from sqs_processor.config import parse_config
-from sqs_processor.manager import build_plugin_manager, load_plugin_file
+from sqs_processor.loaders import build_plugin_manager, load_plugin_file
 from sqs_processor.pipeline import build_pipeline
 from sqs_processor.testing import StartError, make_message, run_pipeline
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
-from support import (
+from helpers.support import (
     dropin_folder,
     pipeline_config,
     queue_counts,
@@ -20,7 +20,7 @@ from support import (
 
 from sqs_processor.config import load_config
 from sqs_processor.errors import ConfigError, MessageError, SystemFailure, is_system_failure
-from sqs_processor.manager import build_plugin_manager
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.pipeline import build_pipeline
 
 FLAKY = '''
@@ -71,7 +71,7 @@ def test_poison_messages_reach_the_error_sink_after_the_receive_limit(tmp_path, 
     queue_url = sqs.create_queue(QueueName=unique("q"),
                                  Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
     folder = dropin_folder(tmp_path, flaky=FLAKY)
-    config = pipeline_config(queue_url, bucket, plugin_paths=[str(folder)],
+    config = pipeline_config(queue_url, bucket, plugins={"paths": [str(folder)]},
                              transforms=["json_parse", "flaky", "enrich"],
                              errors={"after_receives": 3, "sink": "s3", "prefix": "errors/"})
     good = [sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps({"n": i}))["MessageId"]
@@ -111,7 +111,7 @@ def test_without_an_error_sink_poison_stays_for_the_redrive_policy(tmp_path, sqs
         "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"}),
     })["QueueUrl"]
     folder = dropin_folder(tmp_path, flaky=FLAKY)
-    config = pipeline_config(queue_url, bucket, plugin_paths=[str(folder)],
+    config = pipeline_config(queue_url, bucket, plugins={"paths": [str(folder)]},
                              transforms=["flaky"])
     poison = sqs.send_message(QueueUrl=queue_url, MessageBody="poison")["MessageId"]
     fine = sqs.send_message(QueueUrl=queue_url, MessageBody="fine")["MessageId"]
@@ -128,7 +128,7 @@ def test_heartbeat_keeps_slow_work_to_one_delivery(tmp_path, sqs, s3, bucket, ru
     queue_url = sqs.create_queue(QueueName=unique("q"),
                                  Attributes={"VisibilityTimeout": "2"})["QueueUrl"]
     folder = dropin_folder(tmp_path, flaky=FLAKY)
-    config = pipeline_config(queue_url, bucket, plugin_paths=[str(folder)],
+    config = pipeline_config(queue_url, bucket, plugins={"paths": [str(folder)]},
                              transforms=["flaky", "enrich"])
     ids = [sqs.send_message(QueueUrl=queue_url, MessageBody=f"slow {i}")["MessageId"]
            for i in range(3)]
@@ -150,7 +150,7 @@ def test_heartbeat_off_lets_slow_work_be_redelivered_but_still_stores_once(
     queue_url = sqs.create_queue(QueueName=unique("q"),
                                  Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
     folder = dropin_folder(tmp_path, flaky=FLAKY)
-    config = pipeline_config(queue_url, bucket, plugin_paths=[str(folder)],
+    config = pipeline_config(queue_url, bucket, plugins={"paths": [str(folder)]},
                              transforms=["flaky"], service={"heartbeat": False})
     sent = sqs.send_message(QueueUrl=queue_url, MessageBody="slow")["MessageId"]
     with run_pipeline(config) as running:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import (
+from helpers.support import (
     CLI,
     cli_env,
     pipeline_config,
@@ -31,7 +31,7 @@ from support import (
 
 from sqs_processor import ConfigError, Record, SinkSpec, SourceSpec, TransformSpec, hookimpl
 from sqs_processor.config import load_config
-from sqs_processor.manager import build_plugin_manager
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.pipeline import build_pipeline
 from sqs_processor.runner import Runner
 from sqs_processor.testing import ListSink, ListSource, StartError, make_message, run_pipeline

@@ -10,7 +10,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError, HTTPClientError
-from faultproxy import (
+from helpers.faultproxy import (
     ACCESS_DENIED,
     SLOW_DOWN,
     SQS_INTERNAL_ERROR,
@@ -20,7 +20,7 @@ from faultproxy import (
     FailEntries,
     FaultProxy,
 )
-from support import REGION, unique
+from helpers.support import REGION, unique
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from faultproxy import (
+from helpers.faultproxy import (
     ACCESS_DENIED,
     S3_INTERNAL_ERROR,
     SLOW_DOWN,
@@ -29,8 +29,8 @@ from faultproxy import (
     FaultProxy,
     Request,
 )
-from invariants import assert_archived_exactly_once, create_queue, raw_objects, send_bodies
-from support import pipeline_config, queue_counts, unique, wait_for
+from helpers.invariants import assert_archived_exactly_once, create_queue, raw_objects, send_bodies
+from helpers.support import pipeline_config, queue_counts, unique, wait_for
 
 from sqs_processor.health import HealthServer
 

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from faultproxy import Error, FailEntries, FaultProxy
-from invariants import assert_archived_exactly_once, create_queue, send_bodies
-from support import dropin_folder, pipeline_config, queue_counts, unique, wait_for
+from helpers.faultproxy import Error, FailEntries, FaultProxy
+from helpers.invariants import assert_archived_exactly_once, create_queue, send_bodies
+from helpers.support import dropin_folder, pipeline_config, queue_counts, unique, wait_for
 from test_cli_run import SLOW_TRANSFORM
 
 EXTENSIONS = ("ChangeMessageVisibilityBatch", "ChangeMessageVisibility")
@@ -42,7 +42,7 @@ def extensions(proxy: FaultProxy) -> list[tuple[str, int]]:
 def slow_pipeline(tmp_path, proxy, queue_url, bucket, seconds, **sections: Any):
     plugins = dropin_folder(tmp_path, slow=SLOW_TRANSFORM)
     return pipeline_config(
-        queue_url, bucket, aws={"endpoint_url": proxy.url}, plugin_paths=[str(plugins)],
+        queue_url, bucket, aws={"endpoint_url": proxy.url}, plugins={"paths": [str(plugins)]},
         transforms=["json_parse", {"type": "slow", "seconds": seconds}, "enrich"], **sections)
 
 

@@ -13,31 +13,43 @@ import importlib.util
 import inspect
 import re
 import textwrap
+import threading
 import types
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, pipeline_config, write_config
+from helpers.support import ROOT, pipeline_config, wait_for, write_config
 
-from sqs_processor import CheckResult, Message, Record, WriteResult, hookimpl, hookspecs
-from sqs_processor.config import load_config
-from sqs_processor.manager import (
-    BUILTIN_PLUGINS,
-    SPEC_TYPES,
-    Provider,
-    build_plugin_manager,
-    call_impl,
+from sqs_processor import (
+    AckerSpec,
+    CheckResult,
+    ConfigError,
+    HealthCheckSpec,
+    Message,
+    Record,
+    SinkSpec,
+    SourceSpec,
+    TransformSpec,
+    WriteResult,
+    hookimpl,
+    hookspecs,
 )
+from sqs_processor.config import load_config
+from sqs_processor.loaders import BUILTIN_PLUGINS, build_plugin_manager
+from sqs_processor.manager import SPEC_TYPES
 from sqs_processor.pipeline import build_pipeline
-from sqs_processor.runner import OBSERVER_HOOKS
+from sqs_processor.provenance import Provider
+from sqs_processor.runner import Runner
+from sqs_processor.testing import ListSink, ListSource, RecordingAcker, run_pipeline
 
 README = ROOT / "README.md"
 EXAMPLES_DIR = ROOT / "configs" / "examples"
 SPEC_MARK = f"{hookspecs.hookspec.project_name}_spec"
 IMPL_MARK = f"{hookspecs.hookspec.project_name}_impl"
-HEALTH_HOOK = "sqs_processor_health_checks"
+HEALTH_HOOK = hookspecs.HEALTH_HOOK
+OBSERVER_HOOKS = hookspecs.OBSERVER_HOOKS
 KIND_OF_HOOK = {hook: kind for kind, hook in hookspecs.REGISTRATION_HOOKS.items()}
 FAKE_QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/meta-queue"
 
@@ -109,10 +121,124 @@ def test_hookspecs_module_declares_the_known_hooks():
     assert set(hookspecs.REGISTRATION_HOOKS.values()) <= set(HOOKSPECS)
 
 
-def test_every_hookspec_is_called_by_the_engine():
-    """A hookspec nothing calls would be a hook plugins implement in vain."""
-    called = set(hookspecs.REGISTRATION_HOOKS.values()) | set(OBSERVER_HOOKS) | {HEALTH_HOOK}
-    assert set(HOOKSPECS) == called
+class EveryHook:
+    """A plugin implementing all eleven hooks: in-memory components, a transform that fails one
+    message, a readiness check, and every observer."""
+
+    def __init__(self, bodies: list[str]) -> None:
+        self.source = ListSource(bodies)
+        self.sink = ListSink()
+        self.acker = RecordingAcker()
+
+    @hookimpl
+    def sqs_processor_sources(self):
+        return SourceSpec("meta.list", lambda options, context: self.source)
+
+    @hookimpl
+    def sqs_processor_transforms(self):
+        def refuse_bad(record):
+            if record.message.body == "bad":
+                raise ValueError("bad message")
+            return record
+
+        return TransformSpec("meta.refuse_bad", lambda options, context: refuse_bad)
+
+    @hookimpl
+    def sqs_processor_sinks(self):
+        return SinkSpec("meta.list", lambda options, context: self.sink)
+
+    @hookimpl
+    def sqs_processor_ackers(self):
+        return AckerSpec("meta.recording", lambda options, context: self.acker)
+
+    @hookimpl
+    def sqs_processor_health_checks(self, pipeline):
+        return HealthCheckSpec("meta", lambda: True)
+
+    @hookimpl
+    def sqs_processor_startup(self, pipeline):
+        pass
+
+    @hookimpl
+    def sqs_processor_batch_received(self, messages):
+        pass
+
+    @hookimpl
+    def sqs_processor_message_written(self, record):
+        pass
+
+    @hookimpl
+    def sqs_processor_message_failed(self, stage):
+        pass
+
+    @hookimpl
+    def sqs_processor_batch_acked(self, messages):
+        pass
+
+    @hookimpl
+    def sqs_processor_shutdown(self, pipeline):
+        pass
+
+
+EVERY_HOOK_CONFIG = {
+    "aws": {"region": "us-east-1"},
+    "source": {"type": "meta.list"},
+    "transforms": ["meta.refuse_bad"],
+    "sink": {"type": "meta.list"},
+    "ack": {"type": "meta.recording"},
+}
+
+
+def _monitored_calls(manager: Any) -> list[str]:
+    """Record every hook call pluggy makes for ``manager`` (pluggy's own hook monitoring)."""
+    calls: list[str] = []
+    manager.pm.add_hookcall_monitoring(lambda name, impls, kwargs: calls.append(name),
+                                       lambda outcome, name, impls, kwargs: None)
+    return calls
+
+
+def test_the_runner_calls_every_hook_through_pluggy(tmp_path):
+    """A hookspec nothing calls would be a hook plugins implement in vain; pluggy's monitoring
+    sees each call because every hook goes through pluggy's hook callers."""
+    plugin = EveryHook(["good", "bad"])
+    config = load_config(write_config(tmp_path, {**EVERY_HOOK_CONFIG,
+                                                 "service": {"health_port": 0}}))
+    manager = build_plugin_manager(config.plugin_settings, extra_plugins=[("every", plugin)])
+    calls = _monitored_calls(manager)
+    pipeline = build_pipeline(config, manager)
+    runner = Runner(pipeline)
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: pipeline.stats.snapshot()["processed"] == 1
+                 and pipeline.stats.snapshot()["failed"] == 1, message="one stored, one failed")
+    finally:
+        runner.stop()
+        thread.join(30)
+    assert set(HOOKSPECS) == set(calls)
+    assert calls.count("sqs_processor_shutdown") == 1 and calls.count("sqs_processor_startup") == 1
+
+
+def test_the_test_kit_calls_every_hook_through_pluggy(monkeypatch):
+    import sqs_processor.testing as kit
+
+    calls: list[str] = []
+    original = kit.build_plugin_manager
+
+    def monitored(*args: Any, **kwargs: Any) -> Any:
+        manager = original(*args, **kwargs)
+        manager.pm.add_hookcall_monitoring(lambda name, impls, kw: calls.append(name),
+                                           lambda outcome, name, impls, kw: None)
+        return manager
+
+    monkeypatch.setattr(kit, "build_plugin_manager", monitored)
+    result = run_pipeline(["good", "bad"], config=dict(EVERY_HOOK_CONFIG),
+                          plugins=[("every", EveryHook([]))])
+    assert [f.stage for f in result.failures] == ["transform:meta.refuse_bad"]
+    assert len(result.acked) == 1
+    # The kit swaps in its own source, sink and acker, but still asks every plugin for
+    # theirs, and calls every lifecycle hook as the runner does.
+    assert set(HOOKSPECS) == set(calls)
 
 
 @pytest.mark.parametrize("hook", sorted(HOOKSPECS))
@@ -174,7 +300,8 @@ def test_registration_hook_example_provides_a_component_that_builds_and_works(ho
     spec = specs[0]
     block = {"type": spec.name,
              **{o.name: _sample_value(o) for o in spec.options if o.required}}
-    section = {"source": "source", "transform": "transforms", "sink": "sink", "ack": "ack"}[kind]
+    section = {"source": "source", "transform": "transforms", "sink": "sink",
+               "acker": "ack"}[kind]
     pipeline = _offline_pipeline(tmp_path, manager,
                                  **{section: [block] if kind == "transform" else block})
     where = f"{section}[0]" if kind == "transform" else section
@@ -224,12 +351,12 @@ def test_lifecycle_hook_example_runs_against_a_built_pipeline(hook, tmp_path):
         "stage": "transform:json_parse",
         "error": RuntimeError("example failure"),
     }
-    observers = [(f, args) for f, args, plugin in manager.observers(hook)
-                 if plugin == f"example:{hook}"]
-    assert len(observers) == 1
-    function, argnames = observers[0]
-    assert set(argnames) <= set(inspect.signature(HOOKSPECS[hook]).parameters)
-    call_impl(function, argnames, kwargs)  # must not raise
+    callers = [caller for plugin, caller in manager.callers(hook) if plugin == f"example:{hook}"]
+    assert len(callers) == 1
+    [impl] = [i for i in callers[0].get_hookimpls() if i.plugin_name == f"example:{hook}"]
+    assert set(impl.argnames) <= set(inspect.signature(HOOKSPECS[hook]).parameters)
+    spec_args = inspect.signature(HOOKSPECS[hook]).parameters
+    callers[0](**{name: kwargs[name] for name in spec_args})  # must not raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,21 +385,20 @@ def _load_example_file(path: Path) -> types.ModuleType:
     return module
 
 
-def test_a_default_value_on_a_hookimpl_argument_is_never_passed():
-    """Why the checks below exist: the engine, like pluggy, passes only non-default arguments."""
-    seen = []
-
+def test_a_hook_argument_with_a_default_value_is_refused_at_registration():
+    """Why the checks below exist: pluggy before 1.6 never passes an argument that has a
+    default and later versions do, so such a plugin's behaviour would depend on the install."""
     def sqs_processor_batch_received(messages, pipeline=None):
-        seen.append(pipeline)
+        pass
 
     plugin = types.ModuleType("defaulted_plugin")
     plugin.sqs_processor_batch_received = hookimpl(sqs_processor_batch_received)
-    manager = build_plugin_manager(extra_plugins=[("defaulted", plugin)])
-    [(function, argnames, _)] = [o for o in manager.observers("sqs_processor_batch_received")
-                                 if o[2] == "defaulted"]
-    assert argnames == ("messages",)
-    call_impl(function, argnames, {"pipeline": object(), "messages": []})
-    assert seen == [None]
+    with pytest.raises(ConfigError) as caught:
+        build_plugin_manager(extra_plugins=[("defaulted", plugin)])
+    assert str(caught.value) == (
+        "plugins: module defaulted gives hook arguments default values: "
+        "sqs_processor_batch_received(pipeline); remove the defaults (every argument a hook "
+        "lists is always passed)")
     assert _defaulted(plugin.sqs_processor_batch_received) == ["pipeline"]
 
 

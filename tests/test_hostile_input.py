@@ -16,9 +16,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from invariants import assert_archived_exactly_once, create_queue, send_bodies
-from processes import ProcessorProcess
-from support import cli_env, pipeline_config, queue_counts, unique, wait_for, write_config
+from helpers.invariants import assert_archived_exactly_once, create_queue, send_bodies
+from helpers.processes import ProcessorProcess
+from helpers.support import cli_env, pipeline_config, queue_counts, unique, wait_for, write_config
 
 MIB = 1024 * 1024
 SQS_ALLOWED = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]+$")
@@ -146,6 +146,7 @@ def child() -> Iterator[list[ProcessorProcess]]:
 
 @pytest.mark.timeout(150)
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="measures RSS via /proc")
+@pytest.mark.timeout(1200)  # eight rounds of waiting, each with a generous limit
 def test_memory_stays_bounded_while_the_corpus_goes_through_again_and_again(
     tmp_path, aws_env, sqs, s3, bucket, child
 ):
@@ -168,7 +169,8 @@ def test_memory_stays_bounded_while_the_corpus_goes_through_again_and_again(
     samples = []
     for round_number in range(warm + measured):
         sent.update(send_bodies(sqs, queue_url, corpus))
-        wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), timeout=30,
+        # A round is a few seconds on an idle machine; a loaded 2-core one may take far longer.
+        wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), timeout=180,
                  message=f"round {round_number} processed")
         samples.append(process.rss_bytes())
     process.terminate()

@@ -18,8 +18,15 @@ from typing import Any
 
 import boto3
 import pytest
-from support import REGION, RunningPipeline, pipeline_config, stored_objects, unique, wait_for
-from support import write_config as write_yaml
+from helpers.support import (
+    REGION,
+    RunningPipeline,
+    pipeline_config,
+    stored_objects,
+    unique,
+    wait_for,
+)
+from helpers.support import write_config as write_yaml
 from test_k8s_manifests import K8S, one, processor, render
 
 IAM = K8S / "iam"
@@ -162,7 +169,7 @@ def default_run(tmp_path_factory, emulator):
         plugins = tmp_path / "plugins"
         plugins.mkdir()
         (plugins / "hold.py").write_text(HOLD_PLUGIN.format(folder=str(tmp_path)))
-        config = pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
+        config = pipeline_config(queue_url, bucket, plugins={"paths": [str(plugins)]},
                                  transforms=["json_parse", "enrich", "hold"],
                                  service={"health_port": 0, "health_host": "127.0.0.1",
                                           "shutdown_grace_seconds": 0.5})
@@ -230,7 +237,7 @@ def test_an_error_sink_writes_under_its_own_prefix_which_its_extra_policy_grants
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "hold.py").write_text(HOLD_PLUGIN.format(folder=str(tmp_path)))
-    config = pipeline_config(queue_url, bucket, plugin_paths=[str(plugins)],
+    config = pipeline_config(queue_url, bucket, plugins={"paths": [str(plugins)]},
                              transforms=["json_parse", "hold"],
                              errors={"after_receives": 1, "sink": "s3", "prefix": "failed/"})
     recorder, running = _run(tmp_path, config, ["fine", "poison"])

@@ -21,7 +21,7 @@ from typing import Any
 import kubernetes_validate.utils as kv
 import pytest
 import yaml
-from support import CLI, ROOT, cli_env
+from helpers.support import CLI, ROOT, cli_env
 
 K8S = ROOT / "k8s"
 VENV_BIN = Path(sys.executable).parent
@@ -300,7 +300,7 @@ def test_probes_resources_and_service_account_follow_the_service():
 
 
 def test_termination_grace_exceeds_the_drain_deadline_of_the_mounted_pipeline():
-    from sqs_processor.runner import ACK_ATTEMPTS
+    from sqs_processor.acks import ACK_ATTEMPTS
 
     objects = render(K8S)
     pipeline = yaml.safe_load(configmap(objects, "sqs-processor-pipeline")["data"]

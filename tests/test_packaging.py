@@ -8,7 +8,7 @@ import sys
 import zipfile
 from pathlib import Path
 
-from support import ROOT
+from helpers.support import ROOT
 
 
 def test_wheel_holds_sqs_processor_only_and_the_default_config_is_found(tmp_path: Path):

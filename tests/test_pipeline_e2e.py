@@ -6,7 +6,7 @@ import base64
 from datetime import UTC, datetime
 
 import orjson
-from support import pipeline_config, queue_counts, stored_objects, wait_for
+from helpers.support import pipeline_config, queue_counts, stored_objects, wait_for
 
 
 def _send(sqs, queue_url, body, attributes=None):

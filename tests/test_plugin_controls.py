@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import CLI, cli_env, pipeline_config, write_config
+from helpers.support import CLI, cli_env, pipeline_config, write_config
 
 from sqs_processor import ConfigError
 from sqs_processor.config import load_config, load_plugin_settings
-from sqs_processor.manager import build_plugin_manager
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.pipeline import build_pipeline
 
 FAKE_QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/controls"
@@ -171,22 +171,16 @@ def test_block_wins_over_allow(world):
                for s in manager.skipped)
 
 
-@pytest.mark.parametrize("how", ["yaml", "env", "legacy_key"])
+@pytest.mark.parametrize("how", ["yaml", "env"])
 def test_autoload_off_leaves_entry_points_unimported_but_listed(world, how):
-    if how == "legacy_key":
-        document = pipeline_config(FAKE_QUEUE, "b", aws={"region": "us-east-1"},
-                                   plugin_paths=["dropins"], load_entrypoints=False)
-        path = write_config(world.root, document)
-    else:
-        path = world.config({"autoload": False} if how == "yaml" else {})
+    path = world.config({"autoload": False} if how == "yaml" else {})
     environ = {"SQS_PROCESSOR_PLUGINS_AUTOLOAD": "0"} if how == "env" else {}
     manager = manager_for(path, environ)
     assert "from_entry_point" not in world.imported()
     assert "from_file" in world.imported()
     [skipped] = [s for s in manager.skipped if s.provider.name == "ctl_ep"]
     assert skipped.status == "off"
-    switch = {"yaml": "plugins.autoload", "env": "$SQS_PROCESSOR_PLUGINS_AUTOLOAD",
-              "legacy_key": "load_entrypoints"}[how]
+    switch = {"yaml": "plugins.autoload", "env": "$SQS_PROCESSOR_PLUGINS_AUTOLOAD"}[how]
     assert skipped.reason == f"entry points are not loaded: autoload is off ({switch})"
 
 
@@ -250,16 +244,6 @@ def test_bad_plugins_settings_name_the_key(tmp_path, plugins, key, fragment):
         load_config(write_config(tmp_path, document), environ={})
     assert caught.value.key == key
     assert fragment in str(caught.value)
-
-
-def test_old_and_new_plugin_keys_together_are_rejected(tmp_path):
-    (tmp_path / "dropins").mkdir()
-    document = pipeline_config(FAKE_QUEUE, "b", aws={"region": "us-east-1"},
-                               plugins={"paths": ["dropins"]}, plugin_paths=["dropins"])
-    with pytest.raises(ConfigError) as caught:
-        load_config(write_config(tmp_path, document), environ={})
-    assert str(caught.value) == ("plugin_paths: is the older spelling of plugins.paths; with a "
-                                 "plugins: mapping, write plugins.paths instead")
 
 
 def test_a_bad_autoload_environment_value_names_the_variable(tmp_path):

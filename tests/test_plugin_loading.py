@@ -1,8 +1,8 @@
 """Where plugins come from and what happens when they misbehave.
 
-Drop-in folders (``plugin_paths``), module references (``plugins``), entry points of installed
-distributions, and the errors for each kind of broken plugin; then the lifecycle observers and
-readiness checks that plugins add to a running pipeline (moto server over HTTP).
+Drop-in folders (``plugins.paths``), module references (``plugins.modules``), entry points of
+installed distributions, and the errors for each kind of broken plugin; then the lifecycle
+observers and readiness checks that plugins add to a running pipeline (moto server over HTTP).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 import yaml
-from support import (
+from helpers.support import (
     CLI,
     cli_env,
     pipeline_config,
@@ -38,8 +38,9 @@ from sqs_processor import ConfigError, SinkSpec, TransformSpec, hookimpl
 from sqs_processor import health as health_module
 from sqs_processor.config import PluginSettings, load_config, load_plugin_settings
 from sqs_processor.health import HealthServer
-from sqs_processor.manager import Provider, build_plugin_manager
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.pipeline import build_pipeline
+from sqs_processor.provenance import Provider
 
 FAKE_QUEUE = "https://sqs.us-east-1.amazonaws.com/123456789012/plugin-tests"
 SCRIPT = Path(sys.executable).with_name("sqs-processor")
@@ -110,7 +111,7 @@ def stderr_lines(result: subprocess.CompletedProcess[str]) -> list[str]:
 # --------------------------------------------------------------------------------------------
 
 
-def test_dropin_transform_from_plugin_paths_runs_end_to_end(
+def test_dropin_transform_from_plugins_paths_runs_end_to_end(
     sqs, s3, queue_url, bucket, run_pipeline, tmp_path
 ):
     dropins = tmp_path / "dropins"
@@ -124,7 +125,7 @@ def test_dropin_transform_from_plugin_paths_runs_end_to_end(
 
     body = '{"order": 42}'
     message_id = sqs.send_message(QueueUrl=queue_url, MessageBody=body)["MessageId"]
-    config = pipeline_config(queue_url, bucket, plugin_paths=[str(dropins)],
+    config = pipeline_config(queue_url, bucket, plugins={"paths": [str(dropins)]},
                              transforms=["json_parse", "enrich",
                                          {"type": "my_tag", "value": "blue"}])
     running = run_pipeline(config)
@@ -172,7 +173,7 @@ def test_dropin_that_fails_to_import_names_file_error_type_and_line(case, tmp_pa
         build_plugin_manager(settings)
 
     error = caught.value
-    assert error.key == "plugin_paths[0]"
+    assert error.key == "plugins.paths[0]"
     assert str(path) in error.problem
     assert f"{error_type}:" in error.problem
     assert f"(line {line})" in error.problem
@@ -185,7 +186,7 @@ def test_dropin_that_fails_to_import_names_file_error_type_and_line(case, tmp_pa
 def test_cli_validate_reports_a_broken_dropin_in_one_line_with_exit_2(case, tmp_path):
     source, error_type, line, _ = BROKEN_DROPINS[case]
     path = write(tmp_path / "plugins" / "broken_plugin.py", source)
-    config = write_config(tmp_path, offline_config(plugin_paths=["plugins"]))
+    config = write_config(tmp_path, offline_config(plugins={"paths": ["plugins"]}))
 
     result = run_cli("validate", "--config", str(config))
 
@@ -193,8 +194,8 @@ def test_cli_validate_reports_a_broken_dropin_in_one_line_with_exit_2(case, tmp_
     lines = stderr_lines(result)
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
-    assert lines[0].startswith("sqs-processor: config error: plugin_paths[0]: ")
-    assert str(path) in lines[0]  # relative plugin_paths resolve against the config's folder
+    assert lines[0].startswith("sqs-processor: config error: plugins.paths[0]: ")
+    assert str(path) in lines[0]  # relative plugins.paths resolve against the config's folder
     assert f"{error_type}:" in lines[0]
     assert f"(line {line})" in lines[0]
     assert result.stdout == ""
@@ -237,7 +238,7 @@ def test_plugins_module_and_attribute_references_are_registered(package, tmp_pat
         ''')
     module_ref = f"{name}.as_module"
     attribute_ref = f"{name}.as_attribute:holder.plugin"
-    config = write_config(tmp_path, {"plugins": [module_ref, attribute_ref]})
+    config = write_config(tmp_path, {"plugins": {"modules": [module_ref, attribute_ref]}})
 
     manager = build_plugin_manager(load_plugin_settings(config))
 
@@ -260,12 +261,12 @@ def test_plugins_reference_that_does_not_import_is_a_config_error(
     write(folder / "fails.py", "plugin = 1 / 0\n")
     write(folder / "empty.py", "")
     ref = ref.format(pkg=name)
-    config = write_config(tmp_path, {"plugins": ["json", ref]})
+    config = write_config(tmp_path, {"plugins": {"modules": ["json", ref]}})
 
     with pytest.raises(ConfigError) as caught:
         build_plugin_manager(load_plugin_settings(config))
 
-    assert caught.value.key == "plugins[1]"
+    assert caught.value.key == "plugins.modules[1]"
     assert repr(ref) in caught.value.problem
     assert f"{error_type}:" in caught.value.problem
 
@@ -386,9 +387,9 @@ def test_entry_point_plugin_is_listed_with_its_distribution_and_validates(sites,
     assert "config is valid" in validated.stdout
 
 
-def test_load_entrypoints_false_makes_entry_point_plugins_unavailable(sites, tmp_path):
+def test_autoload_false_makes_entry_point_plugins_unavailable(sites, tmp_path):
     config = write_config(tmp_path, offline_config(
-        load_entrypoints=False, transforms=["json_parse", {"type": "ep_stamp"}]))
+        plugins={"autoload": False}, transforms=["json_parse", {"type": "ep_stamp"}]))
 
     validated = run_cli("validate", "--config", str(config), PYTHONPATH=str(sites["good"]))
     assert validated.returncode == 2
@@ -455,7 +456,7 @@ def test_dropin_reusing_a_builtin_name_names_the_builtin_and_the_file(tmp_path):
         def sqs_processor_transforms():
             return TransformSpec(name="Enrich", factory=lambda o, c: (lambda r: r))
         ''')
-    config = load_config(write_config(tmp_path, offline_config(plugin_paths=["dropins"])))
+    config = load_config(write_config(tmp_path, offline_config(plugins={"paths": ["dropins"]})))
     manager = build_plugin_manager(config.plugin_settings)
     with pytest.raises(ConfigError) as caught:
         build_pipeline(config, manager)
@@ -511,7 +512,7 @@ def test_cli_reports_a_hookimpl_with_an_unknown_argument_on_one_line(tmp_path):
         def sqs_processor_message_written(record, destination):
             pass
         ''')
-    config = write_config(tmp_path, offline_config(plugin_paths=["dropins"]))
+    config = write_config(tmp_path, offline_config(plugins={"paths": ["dropins"]}))
     result = run_cli("validate", "--config", str(config))
     assert result.returncode == 2
     assert str(path) in result.stderr
@@ -662,7 +663,8 @@ def test_lifecycle_observers_see_each_stage_of_a_real_run(
 ):
     recorder = write(tmp_path / "dropins" / "recorder.py", RECORDER)
     sent = _send_all(sqs, queue_url, ['{"n": 1}', '{"n": 2}', "plain text"])
-    running = run_pipeline(pipeline_config(queue_url, bucket, plugin_paths=[str(recorder.parent)]))
+    running = run_pipeline(pipeline_config(queue_url, bucket,
+                                           plugins={"paths": [str(recorder.parent)]}))
     wait_for(lambda: running.stats["processed"] == 3, message="3 messages processed")
     wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), message="queue empty")
     assert running.stop() == 0
@@ -710,7 +712,8 @@ def test_observer_that_raises_does_not_stop_archiving_or_deleting(
     sent = _send_all(sqs, queue_url, ['{"n": 1}', '{"n": 2}'])
 
     with caplog.at_level(logging.WARNING, logger="sqs_processor.runner"):
-        running = run_pipeline(pipeline_config(queue_url, bucket, plugin_paths=[str(dropins)]))
+        running = run_pipeline(pipeline_config(queue_url, bucket,
+                                               plugins={"paths": [str(dropins)]}))
         wait_for(lambda: running.stats["processed"] == 2, message="2 messages processed")
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), message="queue empty")
         assert running.stop() == 0
@@ -723,8 +726,8 @@ def test_observer_that_raises_does_not_stop_archiving_or_deleting(
     kinds = [e[0] for e in _dropin(running, recorder).EVENTS]
     assert kinds.count("written") == 2 and kinds[0] == "startup" and kinds[-1] == "shutdown"
 
-    failed = {r.getMessage() for r in caplog.records if r.name == "sqs_processor.runner"
-              and getattr(r, "event", None) == "observer_failed"}
+    failed = {r.getMessage() for r in caplog.records
+              if getattr(r, "event", None) == "observer_failed"}
     for hook, text in [("sqs_processor_batch_received", "on receive"),
                        ("sqs_processor_message_written", "on write"),
                        ("sqs_processor_batch_acked", "on ack"),
@@ -789,7 +792,8 @@ def test_plugin_health_check_that_raises_fails_readyz_but_other_checks_are_repor
 ):
     monkeypatch.setattr(health_module, "CHECK_CACHE_SECONDS", 0.0)
     path = write(tmp_path / "dropins" / "checks.py", CHECKS)
-    running = run_pipeline(pipeline_config(queue_url, bucket, plugin_paths=[str(path.parent)]))
+    running = run_pipeline(pipeline_config(queue_url, bucket,
+                                           plugins={"paths": [str(path.parent)]}))
     server = HealthServer(running.runner, "127.0.0.1", 0)
     server.start()
     try:
@@ -828,7 +832,7 @@ def test_health_checks_hook_that_raises_is_reported_without_a_traceback(tmp_path
         def sqs_processor_health_checks(pipeline):
             raise RuntimeError("health hook bug")
         ''')
-    config = write_config(tmp_path, offline_config(plugin_paths=["dropins"]))
+    config = write_config(tmp_path, offline_config(plugins={"paths": ["dropins"]}))
     result = run_cli("validate", "--config", str(config))
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode in (0, 2)
@@ -839,10 +843,11 @@ def test_health_checks_hook_that_raises_is_reported_without_a_traceback(tmp_path
 
 def test_plugin_sections_of_the_yaml_resolve_against_the_config_folder(tmp_path):
     """What the drop-in and reference tests above rely on when they write relative paths."""
-    config = offline_config(plugin_paths=["dropins"], plugins=["json"], load_entrypoints=False)
+    config = offline_config(plugins={"paths": ["dropins"], "modules": ["json"],
+                                     "autoload": False})
     (tmp_path / "dropins").mkdir()
     path = write_config(tmp_path, config)
-    assert yaml.safe_load(path.read_text())["load_entrypoints"] is False
+    assert yaml.safe_load(path.read_text())["plugins"]["autoload"] is False
     settings = load_config(path).plugin_settings
     assert settings == PluginSettings(base_dir=tmp_path.resolve(),
                                       plugin_paths=(tmp_path.resolve() / "dropins",),

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import (
+from helpers.support import (
     pipeline_config,
     queue_counts,
     stored_objects,
@@ -21,7 +21,7 @@ from support import (
 )
 
 from sqs_processor.config import load_config
-from sqs_processor.manager import build_plugin_manager
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.message import Record
 from sqs_processor.pipeline import build_pipeline, close_pipeline
 
@@ -146,7 +146,7 @@ def test_a_message_a_transform_drops_is_deleted_without_an_object(
     dropped_id = sqs.send_message(QueueUrl=queue_url, MessageBody="drop me")["MessageId"]
     kept_id = sqs.send_message(QueueUrl=queue_url, MessageBody="keep me")["MessageId"]
     config: dict[str, Any] = pipeline_config(
-        queue_url, bucket, plugin_paths=[str(plugins)],
+        queue_url, bucket, plugins={"paths": [str(plugins)]},
         transforms=["json_parse", "drop_marked", "enrich"])
 
     with run_pipeline(config) as running:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from otlp import parse_prometheus
-from support import cli_env, pipeline_config, queue_counts, stored_objects, wait_for
+from helpers.otlp import parse_prometheus
+from helpers.support import cli_env, pipeline_config, queue_counts, stored_objects, wait_for
 from test_cli_run import Process
 
 STAMP = '''

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from faultproxy import Delay, DelayResponse, DropAfterForward, FailEntries, FaultProxy
-from invariants import Producer, assert_archived_exactly_once, create_queue
-from processes import ProcessorProcess
-from support import cli_env, pipeline_config, queue_counts, unique, wait_for, write_config
+from helpers.faultproxy import Delay, DelayResponse, DropAfterForward, FailEntries, FaultProxy
+from helpers.invariants import Producer, assert_archived_exactly_once, create_queue
+from helpers.processes import ProcessorProcess
+from helpers.support import cli_env, pipeline_config, queue_counts, unique, wait_for, write_config
 
 MESSAGES = 200
 REPLICAS = 3

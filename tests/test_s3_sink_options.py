@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 from botocore.compat import HAS_CRT
-from support import pipeline_config, stored_objects, unique, wait_for, write_config
+from helpers.support import pipeline_config, stored_objects, unique, wait_for, write_config
 
 from sqs_processor.config import load_config
 from sqs_processor.errors import ConfigError
-from sqs_processor.manager import build_plugin_manager
+from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.pipeline import build_pipeline, close_pipeline
 
 MOTO_ACCOUNT = "123456789012"  # the account moto reports as every bucket's owner
@@ -33,7 +33,7 @@ def _capture_put_headers(running) -> list[dict[str, str]]:
         sent.append({k.lower(): v.decode() if isinstance(v, bytes) else v
                      for k, v in request.headers.items()})
 
-    running.pipeline.sink.client.meta.events.register("before-send.s3.PutObject", record)
+    running.pipeline.sink.objects.client.meta.events.register("before-send.s3.PutObject", record)
     return sent
 
 
@@ -191,7 +191,7 @@ def test_valid_options_become_exactly_these_put_parameters(tmp_path):
                   kms_key_id="arn:aws:kms:us-east-1:210987654321:alias/archive",
                   bucket_key_enabled=False, tags={"a b": "c/d", "e": ""},
                   metadata={"x-y": "1 2"}, checksum_algorithm="CRC32").sink
-    assert sink.put_options == {
+    assert sink.objects.put_options == {
         "ExpectedBucketOwner": "210987654321",
         "ServerSideEncryption": "aws:kms",
         "SSEKMSKeyId": "arn:aws:kms:us-east-1:210987654321:alias/archive",
@@ -204,4 +204,4 @@ def test_valid_options_become_exactly_these_put_parameters(tmp_path):
 
 def test_an_empty_bucket_owner_means_not_checked(tmp_path):
     sink = _build(tmp_path, environ={}, expected_bucket_owner="${BUCKET_OWNER:-}").sink
-    assert sink.put_options == {}
+    assert sink.objects.put_options == {}

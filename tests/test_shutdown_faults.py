@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from faultproxy import Delay, DelayResponse, FaultProxy
-from invariants import assert_archived_exactly_once, create_queue, raw_objects, send_bodies
-from processes import ProcessorProcess
-from support import cli_env, pipeline_config, queue_counts, unique, wait_for, write_config
+from helpers.faultproxy import Delay, DelayResponse, FaultProxy
+from helpers.invariants import assert_archived_exactly_once, create_queue, raw_objects, send_bodies
+from helpers.processes import ProcessorProcess
+from helpers.support import cli_env, pipeline_config, queue_counts, unique, wait_for, write_config
 
 # Exiting may take the grace period plus closing down (the acker's last batch, the clients).
 EXIT_SLACK_SECONDS = 4.0

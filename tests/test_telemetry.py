@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from otlp import OtlpGrpcReceiver, OtlpHttpReceiver, parse_prometheus
-from support import (
+from helpers.otlp import OtlpGrpcReceiver, OtlpHttpReceiver, parse_prometheus
+from helpers.support import (
     RunningPipeline,
     cli_env,
     dropin_folder,
@@ -31,13 +31,10 @@ from test_cli_run import Process
 from sqs_processor.config import load_config
 from sqs_processor.errors import ConfigError
 from sqs_processor.message import Message
-from sqs_processor.telemetry import (
-    Telemetry,
-    TelemetrySettings,
-    producer_context,
-    render_prometheus,
-    resolve_settings,
-)
+from sqs_processor.prometheus import render_prometheus
+from sqs_processor.telemetry import Telemetry
+from sqs_processor.telemetry_settings import TelemetrySettings, resolve_settings
+from sqs_processor.tracing import producer_context
 
 FAILING_TRANSFORM = '''
 from sqs_processor import TransformSpec, hookimpl
@@ -86,7 +83,7 @@ def traced_run(tmp_path: Path, aws_env: dict[str, str], queue_url: str, bucket: 
     def run(receiver: Any, *, protocol: str = "http/protobuf", extra_env: dict[str, str] | None
             = None, **sections: Any) -> Process:
         folder = dropin_folder(tmp_path, exploder=FAILING_TRANSFORM)
-        config = pipeline_config(queue_url, bucket, plugin_paths=[str(folder)], **sections)
+        config = pipeline_config(queue_url, bucket, plugins={"paths": [str(folder)]}, **sections)
         path = write_config(tmp_path, config)
         env = cli_env(aws_env, OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
                       OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_SERVICE_NAME="archiver-test",
@@ -277,7 +274,7 @@ def test_metrics_endpoint_counts_exactly_what_was_sent(tmp_path, sqs, s3, queue_
     from sqs_processor.health import HealthServer
 
     folder = dropin_folder(tmp_path, exploder=FAILING_TRANSFORM)
-    config = pipeline_config(queue_url, bucket, plugin_paths=[str(folder)],
+    config = pipeline_config(queue_url, bucket, plugins={"paths": [str(folder)]},
                              transforms=["json_parse", "exploder"])
     queue = queue_url.rsplit("/", 1)[1]
     with RunningPipeline(write_config(tmp_path, config)) as running:
@@ -398,7 +395,7 @@ def test_telemetry_section_is_validated(tmp_path, queue_url, bucket):
 def test_validate_prints_the_telemetry_setup(tmp_path, aws_env, queue_url, bucket):
     import subprocess
 
-    from support import CLI
+    from helpers.support import CLI
 
     path = write_config(tmp_path, pipeline_config(queue_url, bucket))
     env = cli_env(aws_env, OTEL_EXPORTER_OTLP_ENDPOINT="http://jaeger:4318")
@@ -464,14 +461,20 @@ def test_prometheus_rendering_escapes_label_values():
 
 
 def test_settings_describe_is_honest():
-    assert "no OTLP endpoint" in TelemetrySettings(enabled=True).describe()
-    assert "off" in TelemetrySettings(enabled=False).describe()
+    assert TelemetrySettings(enabled=True).describe() == (
+        "no OTLP endpoint: traces off, metrics at /metrics only")
+    assert TelemetrySettings(enabled=False).describe() == (
+        "telemetry export off (OTEL_SDK_DISABLED or telemetry.enabled: false)")
+    exporting = TelemetrySettings(enabled=True, endpoint="http://jaeger:4318",
+                                  export_traces=True, export_metrics=False)
+    assert exporting.describe() == (
+        "exporting traces over OTLP (http/protobuf) to http://jaeger:4318")
 
 
 def test_readme_metrics_table_lists_exactly_the_metrics():
     import re
 
-    from support import ROOT
+    from helpers.support import ROOT
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     section = readme.split("### Metrics", 1)[1].split("\n## ", 1)[0]

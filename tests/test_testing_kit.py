@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import ROOT
+from helpers.support import ROOT
 
 from sqs_processor import ConfigError, Option, Record, TransformSpec, hookimpl
 from sqs_processor.testing import (

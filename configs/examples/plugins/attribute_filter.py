@@ -15,8 +15,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sqs_processor import BuildContext, ConfigError, Option, Record, TransformSpec, hookimpl
-from sqs_processor.options import REQUIRED
+from sqs_processor import (
+    REQUIRED,
+    BuildContext,
+    ConfigError,
+    Option,
+    Record,
+    TransformSpec,
+    hookimpl,
+)
 
 OPTIONS = (
     Option("attribute", str, REQUIRED, "Name of the message attribute to look at."),

@@ -29,6 +29,7 @@ from typing import Any
 import orjson
 
 from sqs_processor import (
+    REQUIRED,
     BuildContext,
     ConfigError,
     HealthCheckSpec,
@@ -41,7 +42,6 @@ from sqs_processor import (
     WriteResult,
     hookimpl,
 )
-from sqs_processor.options import REQUIRED
 
 OPTIONS = (
     Option("directory", str, REQUIRED,

@@ -22,8 +22,15 @@ from typing import Any
 
 import orjson
 
-from sqs_processor import BuildContext, ConfigError, Option, Record, TransformSpec, hookimpl
-from sqs_processor.options import REQUIRED
+from sqs_processor import (
+    REQUIRED,
+    BuildContext,
+    ConfigError,
+    Option,
+    Record,
+    TransformSpec,
+    hookimpl,
+)
 
 OPTIONS = (
     Option("paths", list, REQUIRED,

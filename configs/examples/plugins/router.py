@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from sqs_processor import (
+    REQUIRED,
     BuildContext,
     ConfigError,
     Option,
@@ -33,7 +34,6 @@ from sqs_processor import (
     TransformSpec,
     hookimpl,
 )
-from sqs_processor.options import REQUIRED
 from sqs_processor.plugins import s3_sink
 
 MAX_ROUTE_LENGTH = 64
@@ -113,8 +113,11 @@ def build_route(options: Mapping[str, Any], context: BuildContext) -> Route:
 # The routed_s3 sink
 # --------------------------------------------------------------------------------------------
 
+# Every option of the s3 sink but batch: routed objects are one per message.
+S3_OPTIONS = tuple(option for option in s3_sink.OPTIONS if option.name != "batch")
+
 ROUTED_S3_OPTIONS = (
-    *s3_sink.OPTIONS,
+    *S3_OPTIONS,
     Option("default_route", str, "other",
            "Route for a record that reaches the sink without one (no route step ran)."),
 )
@@ -123,8 +126,9 @@ ROUTED_S3_OPTIONS = (
 class RoutedS3Sink(s3_sink.S3Sink):
     """The S3 sink, with ``<route>/`` between the prefix and the date folders."""
 
-    def __init__(self, client: Any, options: Mapping[str, Any]) -> None:
-        super().__init__(client, options)
+    def __init__(self, client: Any, options: Mapping[str, Any],
+                 put_options: Mapping[str, Any]) -> None:
+        super().__init__(client, options, put_options)
         self.default_route: str = options["default_route"]
 
     def key_for(self, record: Record) -> str:
@@ -135,13 +139,15 @@ class RoutedS3Sink(s3_sink.S3Sink):
 
 def build_routed_s3(options: Mapping[str, Any], context: BuildContext) -> RoutedS3Sink:
     where = context.where
-    s3_sink.build({o.name: options[o.name] for o in s3_sink.OPTIONS}, context)  # its checks
+    s3_sink.check_bucket(options["bucket"], f"{where}.bucket")
+    s3_sink.check_prefix(options["prefix"], f"{where}.prefix")
+    put_options = s3_sink.put_parameters(options, where)  # encryption, tags, metadata...
     _safe_route(options["default_route"], f"{where}.default_route", MAX_ROUTE_LENGTH)
     room = s3_sink.MAX_PREFIX_BYTES - MAX_ROUTE_LENGTH - 1
     if len(options["prefix"].encode("utf-8")) > room:
         raise ConfigError(f"{where}.prefix", "leaves no room for the route in a key",
                           value=options["prefix"], expected=f"at most {room} bytes")
-    return RoutedS3Sink(context.aws.client("s3"), options)
+    return RoutedS3Sink(context.aws.client("s3"), options, put_options)
 
 
 @hookimpl

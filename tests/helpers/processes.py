@@ -1,7 +1,9 @@
-"""`sqs-processor run` as a child process, for scenarios that signal, kill or replicate it.
+"""``sqs-processor`` as a child process, for scenarios that signal, kill or replicate it.
 
-The child logs JSON lines on stderr; they are collected as they arrive, so a test can wait for
-an event (``health_listening``, ``received``, ``stopped``) and read the totals at the end.
+The child logs JSON lines on stderr (``--log-format json``); they are collected as they arrive,
+so a test can wait for an event (``health_listening``, ``received``, ``stopped``) and read the
+totals at the end. :class:`ChildProcess` runs any ``sqs-processor`` command line;
+:class:`ProcessorProcess` is ``sqs-processor run --config FILE --log-format json``.
 """
 
 from __future__ import annotations
@@ -17,18 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import CLI
+
+from helpers.support import CLI
 
 
-class ProcessorProcess:
-    """One ``sqs-processor run --config FILE --log-format json`` child."""
+class ChildProcess:
+    """One ``sqs-processor ARGS...`` child, its stderr collected line by line."""
 
-    def __init__(self, config: Path, env: dict[str, str], name: str = "processor") -> None:
+    def __init__(self, args: list[str], env: dict[str, str], name: str = "processor") -> None:
         self.name = name
-        self.proc = subprocess.Popen([*CLI, "run", "--config", str(config), "--log-format",
-                                      "json"], env=env, stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, text=True)
-        self.records: list[dict[str, Any]] = []
+        self.lines: list[str] = []  # every stderr line, as written
+        self.records: list[dict[str, Any]] = []  # the lines that are JSON log records
         self.other_lines: list[str] = []
         self._changed = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -38,6 +41,7 @@ class ProcessorProcess:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             with self._changed:
+                self.lines.append(line)
                 try:
                     self.records.append(json.loads(line))
                 except ValueError:
@@ -103,3 +107,10 @@ class ProcessorProcess:
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.proc.wait(10)
         self._reader.join(5)
+
+
+class ProcessorProcess(ChildProcess):
+    """``sqs-processor run --config FILE --log-format json``."""
+
+    def __init__(self, config: Path, env: dict[str, str], name: str = "processor") -> None:
+        super().__init__(["run", "--config", str(config), "--log-format", "json"], env, name)

@@ -17,7 +17,8 @@ from typing import Any
 
 import orjson
 import pytest
-from support import queue_counts
+
+from helpers.support import queue_counts
 
 KEY = re.compile(r"^(?P<prefix>.*?)(?P<hour>\d{4}/\d{2}/\d{2}/\d{2})/(?P<id>[^/]+)\.json$")
 

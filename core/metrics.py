@@ -1,0 +1,125 @@
+"""The metric catalogue: every instrument the engine records, named ``sqs_processor_*``.
+
+The README's Metrics table lists exactly these (a test compares them); ``/metrics`` renders them
+in Prometheus text (:mod:`sqs_processor.prometheus`), and OTLP exports the same instruments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from opentelemetry.sdk.metrics import MeterProvider
+
+from sqs_processor.telemetry_settings import package_version
+
+SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+AGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
+               86400.0, 345600.0, 1209600.0)
+
+
+class Metrics:
+    """The instruments the runner records. Every name starts with ``sqs_processor_``."""
+
+    def __init__(self, provider: MeterProvider) -> None:
+        meter = provider.get_meter("sqs_processor", package_version())
+        self._counters(meter)
+        self._histograms(meter)
+        self._gauges: dict[str, Callable[[], float]] = {}
+        self.in_flight = meter.create_observable_gauge(
+            "sqs_processor_messages_in_flight", callbacks=[self._observe("in_flight")],
+            description="Messages received and not yet finished.")
+        self.ready = meter.create_observable_gauge(
+            "sqs_processor_ready", callbacks=[self._observe("ready")],
+            description="1 when /readyz would answer 200, else 0.")
+
+    def _counters(self, meter: Any) -> None:
+        counter = meter.create_counter
+        self.received = counter("sqs_processor_messages_received",
+                                description="Messages returned by the source.")
+        self.redelivered = counter(
+            "sqs_processor_messages_redelivered",
+            description="Received messages whose receive count was above 1.")
+        self.processed = counter(
+            "sqs_processor_messages_processed",
+            description="Messages that went through the pipeline, by outcome "
+                        "(written, existing, dropped).")
+        self.failed = counter(
+            "sqs_processor_messages_failed",
+            description="Messages that failed, by stage and error type; left for redelivery.")
+        self.deleted = counter("sqs_processor_messages_deleted",
+                               description="Messages deleted from the source after processing.")
+        self.ack_failed = counter(
+            "sqs_processor_ack_failures",
+            description="Deletes that failed for good, by error type (the message returns and "
+                        "is recognised as already stored).")
+        self.released = counter(
+            "sqs_processor_messages_released",
+            description="Messages handed back to the queue unprocessed (shutdown, system "
+                        "failure).")
+        self.system_failures = counter(
+            "sqs_processor_system_failures",
+            description="Failures blamed on the system (storage or AWS unreachable or refusing), "
+                        "by stage and error type; polling pauses, the message is retried.")
+        self.extensions = counter(
+            "sqs_processor_visibility_extensions",
+            description="Visibility heartbeat extensions of in-flight messages, by outcome.")
+        self.error_sink = counter(
+            "sqs_processor_messages_to_error_sink",
+            description="Messages handed to the error sink (and deleted) after failing "
+                        "errors.after_receives times, by stage.")
+        self.reloads = counter(
+            "sqs_processor_config_reloads",
+            description="Live reloads of the pipeline config, by outcome (ok, rejected).")
+        self.objects_written = counter("sqs_processor_objects_written",
+                                       description="Objects the sink created.")
+        self.objects_existing = counter(
+            "sqs_processor_objects_existing",
+            description="Writes skipped because the object was already there (a redelivery).")
+        self.polls = counter("sqs_processor_polls",
+                             description="Receive calls, by outcome (messages, empty, error).")
+
+    def _histograms(self, meter: Any) -> None:
+        self.aws_duration = meter.create_histogram(
+            "sqs_processor_aws_call_duration_seconds", unit="s",
+            description="Duration of AWS calls as the processor sees them (retries included), "
+                        "by service, operation and outcome.",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS)
+        self.processing = meter.create_histogram(
+            "sqs_processor_message_processing_duration_seconds", unit="s",
+            description="From a worker picking a message up to its write being done.",
+            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS)
+        self.age_at_write = meter.create_histogram(
+            "sqs_processor_message_age_at_write_seconds", unit="s",
+            description="Time from the message's SentTimestamp to its write (end-to-end lag).",
+            explicit_bucket_boundaries_advisory=AGE_BUCKETS)
+
+    def prometheus_names(self) -> set[str]:
+        """The series names /metrics uses for these instruments (counters end in _total)."""
+        from opentelemetry.metrics import Counter
+
+        names = set()
+        for instrument in vars(self).values():
+            name = getattr(instrument, "name", None)
+            if isinstance(name, str) and name.startswith("sqs_processor_"):
+                names.add(f"{name}_total" if isinstance(instrument, Counter) else name)
+        return names
+
+    def gauge(self, name: str, read: Callable[[], float]) -> None:
+        """Set the function that reads gauge ``name`` (``in_flight``, ``ready``)."""
+        self._gauges[name] = read
+
+    def _observe(self, name: str) -> Callable[[Any], Iterable[Any]]:
+        from opentelemetry.metrics import Observation
+
+        def callback(_options: Any) -> Iterable[Any]:
+            read = self._gauges.get(name)
+            if read is None:
+                return []
+            try:
+                return [Observation(float(read()))]
+            except Exception:
+                return []
+
+        return callback
+

@@ -1,0 +1,394 @@
+"""The engine's units on their own: InFlight, SystemPause and Backoff, RetryTimer, AckPool,
+VisibilityHeartbeat, Poller and WorkerPool, each driven directly with fakes for what it talks to.
+
+The end-to-end suites prove the guarantees; these pin down each unit's own rules (the backoff
+maths, the blame rule, exactly-once settlement, retries) so a change to one shows where it broke.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from helpers.support import wait_for, write_config
+from opentelemetry import trace
+from opentelemetry.context import Context
+
+from sqs_processor import (
+    Acker,
+    AckerSpec,
+    AckFailure,
+    Message,
+    Record,
+    SourceSpec,
+    SystemFailure,
+    TransformSpec,
+    hookimpl,
+)
+from sqs_processor.acks import ACK_ATTEMPTS
+from sqs_processor.config import load_config
+from sqs_processor.heartbeat import MAX_VISIBILITY_SECONDS, VisibilityHeartbeat
+from sqs_processor.inflight import InFlight, Job
+from sqs_processor.loaders import build_plugin_manager
+from sqs_processor.pause import SYSTEM_RETRIES_BEFORE_BLAME, Backoff, RetryTimer, SystemPause
+from sqs_processor.pipeline import build_pipeline
+from sqs_processor.runner import assemble
+from sqs_processor.telemetry import Telemetry
+from sqs_processor.testing import ListSink, ListSource
+
+
+def job(n: int = 0, **fields: object) -> Job:
+    message = Message(f"m-{n}", f"rh-{n}", f"body-{n}", datetime.now(UTC))
+    return Job(message, trace.INVALID_SPAN, Context(), **fields)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------------------------
+# InFlight
+# --------------------------------------------------------------------------------------------
+
+
+def test_inflight_room_counts_reservations_and_jobs_and_settles_each_job_once():
+    inflight = InFlight(10)
+    stop = threading.Event()
+    assert inflight.reserve(10, stop)
+    assert not inflight.try_reserve(1)  # all room is reserved
+    jobs = [job(i) for i in range(4)]
+    inflight.track(10, jobs)  # the receive brought 4 of the 10 it reserved
+    assert len(inflight) == 4
+    assert inflight.try_reserve(6) and not inflight.try_reserve(1)
+    inflight.unreserve(6)
+    assert inflight.settle(jobs[0]) is True
+    assert inflight.settle(jobs[0]) is False  # a second settlement of one job changes nothing
+    assert inflight.settle_all(jobs) == jobs[1:]
+    assert len(inflight) == 0 and inflight.wait_drained(0)
+
+
+def test_inflight_reserve_waits_for_room_and_gives_up_when_stopped():
+    inflight = InFlight(2)
+    stop = threading.Event()
+    first = job(1)
+    inflight.track(0, [first, job(2)])
+    got: list[bool] = []
+    waiter = threading.Thread(target=lambda: got.append(inflight.reserve(1, stop, poll=0.05)))
+    waiter.start()
+    time.sleep(0.2)
+    assert got == []  # still waiting: the set is full
+    inflight.settle(first)
+    waiter.join(10)
+    assert got == [True]
+    stop.set()
+    assert inflight.reserve(1, stop) is False
+
+
+def test_inflight_unwritten_leaves_jobs_that_only_wait_for_their_delete():
+    inflight = InFlight(5)
+    written, pending = job(1, written=True), job(2)
+    inflight.track(0, [written, pending])
+    assert inflight.unwritten() == [pending]
+    assert not inflight.wait_drained(0.05)
+
+
+# --------------------------------------------------------------------------------------------
+# SystemPause and Backoff
+# --------------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def upper(low: float, high: float) -> float:
+    """A 'random' draw that always takes the top of the range."""
+    return high
+
+
+def test_backoff_doubles_from_one_second_up_to_its_maximum_drawing_from_the_upper_half():
+    draws: list[tuple[float, float]] = []
+
+    def record(low: float, high: float) -> float:
+        draws.append((low, high))
+        return low
+
+    backoff = Backoff(10.0, uniform=record)
+    delays = [backoff.next_delay() for _ in range(6)]
+    assert draws == [(0.5, 1), (1, 2), (2, 4), (4, 8), (5, 10), (5, 10)]
+    assert delays == [0.5, 1, 2, 4, 5, 5]
+    backoff.reset()
+    assert backoff.next_delay() == 0.5
+
+
+def test_a_pause_is_shared_by_failures_within_it_and_grows_by_round():
+    clock = Clock()
+    pause = SystemPause(60.0, clock=clock, uniform=upper)
+    assert pause.pause("write", "s3: AccessDenied") == 1.0
+    clock.now += 0.4
+    assert pause.pause("write", "s3: AccessDenied") == pytest.approx(0.6)  # same round
+    assert pause.reason() == "s3: AccessDenied"
+    clock.now += 0.6
+    assert pause.remaining() == 0
+    assert pause.pause("write", "s3: AccessDenied") == 2.0  # a new round backs off further
+    assert pause.remaining() == 2.0
+
+
+def test_only_a_success_of_the_kind_that_failed_ends_the_pause():
+    pause = SystemPause(60.0, clock=Clock(), uniform=upper)
+    pause.pause("write", "s3: NoSuchBucket")
+    pause.recovered("ack")
+    assert pause.reason() == "s3: NoSuchBucket"
+    pause.write_succeeded()
+    assert pause.reason() is None and pause.remaining() == 0
+    assert pause.pause("write", "again") == 1.0  # the backoff started over
+
+
+def test_pollers_wait_out_the_pause_and_stop_interrupts_the_wait():
+    pause = SystemPause(60.0, uniform=upper)
+    pause.pause("write", "down")
+    stop = threading.Event()
+    started = time.monotonic()
+    waiter = threading.Thread(target=pause.wait, args=(stop,))
+    waiter.start()
+    time.sleep(0.1)
+    assert waiter.is_alive()
+    stop.set()
+    waiter.join(5)
+    assert not waiter.is_alive() and time.monotonic() - started < 5
+
+
+def test_a_message_is_blamed_only_after_repeated_system_failures_while_others_are_written():
+    pause = SystemPause(60.0, clock=Clock(), uniform=upper)
+    suspect = job(1)
+    for _ in range(SYSTEM_RETRIES_BEFORE_BLAME):
+        assert not pause.blame(suspect)
+        pause.note_system_failure(suspect)
+    assert not pause.blame(suspect)  # three failures, but nothing else was written: an outage
+    pause.write_succeeded()
+    assert pause.blame(suspect)  # others get through; this one keeps failing: its own fault
+
+
+# --------------------------------------------------------------------------------------------
+# RetryTimer
+# --------------------------------------------------------------------------------------------
+
+
+def test_retry_timer_runs_each_retry_once_after_its_delay_and_cancels_the_rest():
+    timer = RetryTimer()
+    ran: list[str] = []
+    cancelled: list[str] = []
+    timer.later(0.05, lambda: ran.append("soon"), lambda: cancelled.append("soon"))
+    timer.later(60.0, lambda: ran.append("late"), lambda: cancelled.append("late"))
+    wait_for(lambda: ran == ["soon"], timeout=10, message="the short retry to run")
+    assert timer.cancel_all() == 1
+    assert cancelled == ["late"] and ran == ["soon"]
+    timer.later(0.0, lambda: ran.append("after close"), lambda: cancelled.append("after close"))
+    assert cancelled == ["late", "after close"]  # a closed timer cancels at once
+
+
+def test_an_unthreaded_retry_timer_only_ever_cancels():
+    timer = RetryTimer(threaded=False)
+    events: list[str] = []
+    timer.later(0.0, lambda: events.append("ran"), lambda: events.append("cancelled"))
+    time.sleep(0.1)
+    assert events == []
+    timer.cancel_all()
+    assert events == ["cancelled"]
+
+
+# --------------------------------------------------------------------------------------------
+# Units wired over a real pipeline (in-memory components)
+# --------------------------------------------------------------------------------------------
+
+
+class Scripted(Acker):
+    """Fails each message's first ``fail`` acks with the given failure; records every call."""
+
+    def __init__(self) -> None:
+        self.plan: dict[str, list[AckFailure]] = {}
+        self.calls: list[list[str]] = []
+        self.raise_next: Exception | None = None
+
+    def ack(self, messages: Sequence[Message]) -> list[AckFailure]:
+        self.calls.append([m.message_id for m in messages])
+        if self.raise_next is not None:
+            error, self.raise_next = self.raise_next, None
+            raise error
+        failures = []
+        for message in messages:
+            planned = self.plan.get(message.message_id)
+            if planned:
+                failure = planned.pop(0)
+                failures.append(AckFailure(message, failure.code, failure.detail,
+                                           failure.retryable))
+        return failures
+
+
+class Parts:
+    def __init__(self, bodies: list[str]) -> None:
+        self.source = ListSource(bodies)
+        self.sink = ListSink()
+        self.acker = Scripted()
+
+    @hookimpl
+    def sqs_processor_sources(self):
+        return SourceSpec("unit.list", lambda o, c: self.source)
+
+    @hookimpl
+    def sqs_processor_sinks(self):
+        from sqs_processor import SinkSpec
+
+        return SinkSpec("unit.list", lambda o, c: self.sink)
+
+    @hookimpl
+    def sqs_processor_ackers(self):
+        return AckerSpec("unit.scripted", lambda o, c: self.acker)
+
+    @hookimpl
+    def sqs_processor_transforms(self):
+        def outage(record: Record) -> Record:
+            if record.message.body.startswith("outage"):
+                raise SystemFailure("storage unreachable")
+            return record
+
+        return TransformSpec("unit.outage", lambda o, c: outage)
+
+
+def wired(tmp_path: Path, bodies: list[str], **service: object):
+    parts = Parts(bodies)
+    document = {"service": {"health_port": 0, **service}, "aws": {"region": "us-east-1"},
+                "source": {"type": "unit.list"}, "transforms": ["unit.outage"],
+                "sink": {"type": "unit.list"}, "ack": {"type": "unit.scripted"}}
+    config = load_config(write_config(tmp_path, document))
+    manager = build_plugin_manager(config.plugin_settings, extra_plugins=[("parts", parts)])
+    pipeline = build_pipeline(config, manager)
+    received: list[Job] = []
+    units = assemble(pipeline, Telemetry(), threaded=False, stop=threading.Event(),
+                     abandon=threading.Event(), hand_off=received.append)
+    return parts, pipeline, units, received
+
+
+def test_poll_once_tracks_what_the_receive_brought_and_hands_each_job_on(tmp_path):
+    _, pipeline, units, received = wired(tmp_path, ["a", "b", "c"])
+    assert units.inflight.try_reserve(units.poller.reserve)
+    assert units.poller.poll_once() == 3
+    assert [j.message.body for j in received] == ["a", "b", "c"]
+    assert len(units.inflight) == 3 and units.inflight.try_reserve(units.inflight.max_messages - 3)
+    assert pipeline.stats.snapshot()["received"] == 3
+
+
+def test_a_retryable_ack_failure_is_offered_again_and_a_sender_fault_is_given_up(tmp_path):
+    parts, pipeline, units, received = wired(tmp_path, ["a", "b", "c"])
+    units.inflight.try_reserve(10)
+    units.poller.poll_once()
+    ids = [j.message.message_id for j in received]
+    parts.acker.plan[ids[0]] = [AckFailure(received[0].message, "InternalError", "", True)]
+    parts.acker.plan[ids[1]] = [AckFailure(received[1].message, "ReceiptHandleIsInvalid", "")]
+    for j in received:
+        units.workers.process(j)
+    gave_up = units.acks.send_queued()
+    assert parts.acker.calls == [ids, [ids[0]]]
+    assert [f.code for f in gave_up] == ["ReceiptHandleIsInvalid"]
+    stats = pipeline.stats.snapshot()
+    assert stats["processed"] == 2 and stats["ack_failed"] == 1
+    assert len(units.inflight) == 0  # every job settled, once
+
+
+def test_a_retryable_failure_that_keeps_failing_is_given_up_after_the_last_attempt(tmp_path):
+    parts, _, units, received = wired(tmp_path, ["a"])
+    units.inflight.try_reserve(10)
+    units.poller.poll_once()
+    [only] = received
+    parts.acker.plan[only.message.message_id] = [
+        AckFailure(only.message, "InternalError", "", True) for _ in range(ACK_ATTEMPTS)]
+    units.workers.process(only)
+    [gave_up] = units.acks.send_queued()
+    assert gave_up.code == "InternalError"
+    assert len(parts.acker.calls) == ACK_ATTEMPTS
+
+
+def test_an_acker_that_raises_counts_as_a_retryable_failure_of_every_message(tmp_path):
+    parts, pipeline, units, received = wired(tmp_path, ["a", "b"])
+    units.inflight.try_reserve(10)
+    units.poller.poll_once()
+    parts.acker.raise_next = ConnectionError("queue unreachable")
+    for j in received:
+        units.workers.process(j)
+    assert units.acks.send_queued() == []
+    assert len(parts.acker.calls) == 2  # the whole batch, once more
+    assert pipeline.stats.snapshot()["processed"] == 2
+
+
+def test_a_system_failure_holds_the_message_for_a_retry_instead_of_failing_it(tmp_path):
+    parts, pipeline, units, received = wired(tmp_path, ["outage-1", "fine"])
+    units.inflight.try_reserve(10)
+    units.poller.poll_once()
+    held, fine = received
+    assert units.workers.process(held).status == "failed"
+    assert pipeline.stats.snapshot()["failed"] == 0  # not the message's fault: not counted
+    assert units.pause.reason() == "transform:unit.outage: SystemFailure: storage unreachable"
+    assert units.workers.process(fine).status == "written"
+    assert units.pause.reason() is None  # a write got through: the system is back
+    assert [j.message.body for j in units.inflight.unwritten()] == ["outage-1"]
+    assert units.retries.cancel_all() == 1  # it waits for its retry; shutdown releases it
+    assert [m.body for m in parts.source.released] == ["outage-1"]
+    assert len(units.inflight.unwritten()) == 0
+
+
+# --------------------------------------------------------------------------------------------
+# VisibilityHeartbeat
+# --------------------------------------------------------------------------------------------
+
+
+class Extending(ListSource):
+    def __init__(self, refuse: Sequence[str] = (), retryable: bool = False) -> None:
+        super().__init__()
+        self.refuse, self.retryable = set(refuse), retryable
+        self.extended: list[tuple[list[str], int]] = []
+
+    def extend(self, messages: Sequence[Message], seconds: int) -> list[AckFailure]:
+        self.extended.append(([m.message_id for m in messages], seconds))
+        return [AckFailure(m, "ReceiptHandleIsInvalid", "gone", self.retryable)
+                for m in messages if m.message_id in self.refuse]
+
+
+def heartbeat(source: Extending, jobs: list[Job], visibility: float = 30.0):
+    inflight = InFlight(100)
+    inflight.track(0, jobs)
+    return VisibilityHeartbeat(source, inflight, Telemetry().metrics, visibility)
+
+
+def test_the_heartbeat_extends_only_messages_near_the_end_of_their_visibility():
+    now = 1000.0
+    near = job(1, received=now - 20, visible_until=now + 10)  # 10 s of 30 left: < 60 %
+    fresh = job(2, received=now, visible_until=now + 29)
+    source = Extending()
+    heartbeat(source, [near, fresh]).beat(now)
+    assert source.extended == [(["m-1"], 30)]
+    assert near.visible_until == now + 30 and fresh.visible_until == now + 29
+
+
+def test_the_heartbeat_never_keeps_a_message_past_the_twelve_hour_cap():
+    now = 100_000.0
+    capped = job(1, received=now - MAX_VISIBILITY_SECONDS + 10, visible_until=now + 5)
+    at_cap = job(2, received=now - MAX_VISIBILITY_SECONDS, visible_until=now + 5)
+    source = Extending()
+    heartbeat(source, [capped, at_cap]).beat(now)
+    assert source.extended == [(["m-1"], 9)]  # only what is left under the cap
+    assert at_cap.extend_failed and not capped.extend_failed
+
+
+def test_a_refused_extension_is_given_up_once_and_not_tried_again():
+    now = time.monotonic()
+    gone = job(1, received=now - 25, visible_until=now + 5)
+    source = Extending(refuse=["m-1"])
+    beat = heartbeat(source, [gone])
+    beat.beat(now)
+    beat.beat(now + 1)
+    assert source.extended == [(["m-1"], 30)]
+    assert gone.extend_failed
