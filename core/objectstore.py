@@ -34,7 +34,12 @@ from datetime import timedelta
 from typing import Any
 from urllib.parse import urlparse
 
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from sqs_processor.errors import MessageError
@@ -49,7 +54,7 @@ _CODE = re.compile(r"<Code>([^<]{1,200})</Code>")
 _MESSAGE = re.compile(r"<Message>([^<]{0,1000})</Message>")
 _REQUEST_ID = re.compile(r"<RequestId>([^<]{1,200})</RequestId>")
 _RETRIES = re.compile(r"after (\d+) retries")
-_TIMEOUT = re.compile(r"timed? ?out|Timeout", re.IGNORECASE)
+_HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+)")  # how the request broke, no answer
 
 
 def _first(pattern: re.Pattern[str], text: str) -> str | None:
@@ -82,8 +87,11 @@ def translate_error(exc: BaseException, endpoint: str) -> Exception:
     if isinstance(exc, InvalidPathError):
         return MessageError(f"obstore cannot write this key: {text.splitlines()[0]}")
     summary = text.splitlines()[0] if text else type(exc).__name__
-    if _TIMEOUT.search(text):
+    kind = _first(_HTTP_KIND, text)
+    if kind == "Timeout":
         return ReadTimeoutError(endpoint_url=endpoint, error=summary)
+    if kind == "Interrupted":  # the connection broke after the request was sent
+        return ConnectionClosedError(endpoint_url=endpoint, error=summary)
     return EndpointConnectionError(endpoint_url=endpoint, error=summary)
 
 
