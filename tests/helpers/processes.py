@@ -79,13 +79,13 @@ class ChildProcess:
     def port(self) -> int:
         return int(self.wait_event("health_listening")["port"])
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the child (Linux /proc)."""
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        """Resident memory of the child (Linux /proc); ``VmHWM`` is its peak so far."""
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         for line in status.splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS line")
+        raise AssertionError(f"no {field} line")
 
     def terminate(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
