@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 from helpers.otlp import parse_prometheus
+from helpers.processes import ChildProcess
 from helpers.support import cli_env, pipeline_config, queue_counts, stored_objects, wait_for
-from test_cli_run import Process
 
 STAMP = '''
 from sqs_processor import TransformSpec, hookimpl
@@ -136,8 +136,8 @@ def test_configmap_swaps_reload_without_loss_duplicates_or_unreadiness(
     mount = ConfigMapDir(tmp_path / "config")
     mount.publish({"pipeline.yaml": _config(queue_url, bucket, "v1"),
                    "stamp.py": STAMP.format(value="A")})
-    process = Process(["run", "--config", str(mount.root / "pipeline.yaml"), "--log-format",
-                       "json"], cli_env(aws_env))
+    process = ChildProcess(["run", "--config", str(mount.root / "pipeline.yaml"),
+                            "--log-format", "json"], cli_env(aws_env))
     try:
         port = process.wait_event("health_listening")["port"]
         process.wait_event("started")
@@ -147,17 +147,17 @@ def test_configmap_swaps_reload_without_loss_duplicates_or_unreadiness(
             # 1. A good change of the pipeline YAML and of a plugin file, in one swap.
             mount.publish({"pipeline.yaml": _config(queue_url, bucket, "v2"),
                            "stamp.py": STAMP.format(value="B")})
-            assert process.wait_event("reloaded", timeout=20)["outcome"] == "ok"
+            assert process.next_event("reloaded", timeout=20)["outcome"] == "ok"
             # 2. A bad change: rejected, the v2 pipeline keeps running.
             mount.publish({"pipeline.yaml": _config(queue_url, bucket, "v3").replace(
                 "max_in_flight", "max_in_flihgt") + "service: {max_in_flihgt: 5}\n",
                 "stamp.py": STAMP.format(value="B")})
-            rejected = process.wait_event("reload_rejected", timeout=20)
+            rejected = process.next_event("reload_rejected", timeout=20)
             assert "config error" in rejected["message"]
             # 3. A plugin file that does not import: rejected too.
             mount.publish({"pipeline.yaml": _config(queue_url, bucket, "v4"),
                            "stamp.py": "this is not python\n"})
-            rejected = process.wait_event("reload_rejected", timeout=20)
+            rejected = process.next_event("reload_rejected", timeout=20)
             assert "stamp" in rejected["message"]
             feeder.join()
             wait_for(lambda: len(stored_objects(s3, bucket)) >= len(feeder.sent), timeout=60,
@@ -168,7 +168,7 @@ def test_configmap_swaps_reload_without_loss_duplicates_or_unreadiness(
         process.proc.send_signal(signal.SIGTERM)
         assert process.finish() == 0
     finally:
-        process.kill()
+        process.stop()
 
     documents = _check_exactly_once(s3, bucket, feeder.sent)
     versions = {doc["version"] for doc in documents.values()}
@@ -189,7 +189,8 @@ def test_sighup_reloads_when_watching_is_off(tmp_path, aws_env, sqs, s3, queue_u
                              "shutdown_grace_seconds": 10, "reload_on_change": False}}
     path.write_text(_config(queue_url, bucket, "v1", **watch_off), encoding="utf-8")
     (folder / "stamp.py").write_text(STAMP.format(value="A"), encoding="utf-8")
-    process = Process(["run", "--config", str(path), "--log-format", "json"], cli_env(aws_env))
+    process = ChildProcess(["run", "--config", str(path), "--log-format", "json"],
+                           cli_env(aws_env))
     try:
         process.wait_event("started")
         first = sqs.send_message(QueueUrl=queue_url, MessageBody='{"first": 1}')["MessageId"]
@@ -198,13 +199,13 @@ def test_sighup_reloads_when_watching_is_off(tmp_path, aws_env, sqs, s3, queue_u
         time.sleep(2.5)  # watching is off: nothing happens on its own
         assert not any('"reload_started"' in line for line in process.lines)
         process.proc.send_signal(signal.SIGHUP)
-        assert process.wait_event("reloaded", timeout=20)["outcome"] == "ok"
+        assert process.next_event("reloaded", timeout=20)["outcome"] == "ok"
         second = sqs.send_message(QueueUrl=queue_url, MessageBody='{"second": 2}')["MessageId"]
         wait_for(lambda: len(stored_objects(s3, bucket)) == 2)
         process.proc.send_signal(signal.SIGTERM)
         assert process.finish() == 0
     finally:
-        process.kill()
+        process.stop()
     documents = {d["message_id"]: d for d in stored_objects(s3, bucket).values()}
     assert documents[first]["version"] == "v1"
     assert documents[second]["version"] == "v2-longer"

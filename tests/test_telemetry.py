@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from helpers.otlp import OtlpGrpcReceiver, OtlpHttpReceiver, parse_prometheus
+from helpers.processes import ChildProcess
 from helpers.support import (
     RunningPipeline,
     cli_env,
@@ -26,7 +27,6 @@ from helpers.support import (
     wait_for,
     write_config,
 )
-from test_cli_run import Process
 
 from sqs_processor.config import load_config
 from sqs_processor.errors import ConfigError
@@ -78,10 +78,10 @@ def _process_span(spans: list[dict[str, Any]], message_id: str) -> dict[str, Any
 @pytest.fixture
 def traced_run(tmp_path: Path, aws_env: dict[str, str], queue_url: str, bucket: str, sqs: Any):
     """Run the CLI with OTEL_* variables pointing at a receiver; yield a helper to drive it."""
-    started: list[Process] = []
+    started: list[ChildProcess] = []
 
     def run(receiver: Any, *, protocol: str = "http/protobuf", extra_env: dict[str, str] | None
-            = None, **sections: Any) -> Process:
+            = None, **sections: Any) -> ChildProcess:
         folder = dropin_folder(tmp_path, exploder=FAILING_TRANSFORM)
         config = pipeline_config(queue_url, bucket, plugins={"paths": [str(folder)]}, **sections)
         path = write_config(tmp_path, config)
@@ -89,17 +89,17 @@ def traced_run(tmp_path: Path, aws_env: dict[str, str], queue_url: str, bucket: 
                       OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_SERVICE_NAME="archiver-test",
                       OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test,team=storage",
                       OTEL_BSP_SCHEDULE_DELAY="100", **(extra_env or {}))
-        process = Process(["run", "--config", str(path), "--log-format", "json"], env)
+        process = ChildProcess(["run", "--config", str(path), "--log-format", "json"], env)
         started.append(process)
         process.wait_event("started")
         return process
 
     yield run
     for process in started:
-        process.kill()
+        process.stop()
 
 
-def _stop(process: Process) -> None:
+def _stop(process: ChildProcess) -> None:
     process.proc.send_signal(signal.SIGTERM)
     assert process.finish() == 0
 
