@@ -1,6 +1,10 @@
 """A local SQS + S3 emulator (moto's server) on loopback, for ``make run`` and the tests.
 
-    python -m sqs_processor.emulator [--host 127.0.0.1] [--port 4566]
+    python -m sqs_processor.emulator [--host 127.0.0.1] [--port 4566] [--quiet]
+    make emulator
+
+The first line it prints is ``emulator listening on http://HOST:PORT``; then (unless
+``--quiet``) the ``export`` lines that point boto3, the AWS CLI and local mode at it.
 
 It speaks the real AWS HTTP protocols, so boto3 and the AWS CLI reach it unchanged with
 ``--endpoint-url http://127.0.0.1:4566`` (any credentials). It needs the ``local`` extra
@@ -52,16 +56,32 @@ def start(host: str = "127.0.0.1", port: int = 4566):  # type: ignore[no-untyped
     return server
 
 
+def exports(url: str, region: str = "us-east-1") -> str:
+    """The shell lines that point boto3, the AWS CLI and local mode at the emulator."""
+    return "\n".join([
+        "Point boto3 and the AWS CLI at it (the emulator accepts any credentials):",
+        f"  export AWS_ENDPOINT_URL={url}",
+        f"  export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION={region}",
+        "and local mode (`make run`, `python -m sqs_processor.local`) at it, instead of its own:",
+        f"  export LOCAL_ENDPOINT_URL={url}",
+        "Stop: Ctrl-C",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sqs_processor.emulator",
                                      description="Local SQS + S3 emulator on loopback.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=4566)
+    parser.add_argument("--port", type=int, default=4566, help="0 picks a free port")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only the endpoint line, not the exports")
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = start(args.host, args.port)
     host, port = server.get_host_and_port()
     print(f"emulator listening on http://{host}:{port}", flush=True)
+    if not args.quiet:
+        print(exports(f"http://{host}:{port}"), flush=True)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
