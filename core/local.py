@@ -2,7 +2,7 @@
 
     python -m sqs_processor.local                       # what `make run` does
     python -m sqs_processor.local run --config my.yaml  # your pipeline, your plugins
-    python -m sqs_processor.local send BODY             # send one more message
+    python -m sqs_processor.local send [--attribute N=V] BODY  # send one more message
     python -m sqs_processor.local list [--show]         # list the archived objects
 
 ``run`` starts the emulator on 127.0.0.1:4566 (or uses one already listening there, or the one
@@ -114,7 +114,7 @@ def targets(path: Path | None) -> Targets:
         blocks.append({**inherited, **(config.errors["options"] or {})})
     buckets = tuple(dict.fromkeys(b["bucket"] for b in blocks if isinstance(b.get("bucket"), str)))
     port = config.service["health_port"]
-    health = f"http://127.0.0.1:{port}" if port else "http://127.0.0.1:PORT (PORT: see the log)"
+    health = f"http://127.0.0.1:{port}" if port else ""
     return Targets(path, region, queue, buckets, health)
 
 
@@ -201,8 +201,12 @@ def _hints(found: Targets, queue_url: str | None) -> str:
     lines.append(f"  make list{config}")
     lines += [f"  aws --endpoint-url {url} --region {region} s3 ls s3://{b}/ --recursive"
               for b in found.buckets]
-    lines.append(f"Health: curl -s {found.health}/health    Metrics: curl -s {found.health}"
-                 "/metrics    Stop: Ctrl-C")
+    if found.health:
+        lines.append(f"Health: curl -s {found.health}/health    Metrics: curl -s "
+                     f"{found.health}/metrics    Stop: Ctrl-C")
+    else:  # health_port 0: the port is picked at start and logged
+        lines.append("Health and metrics: on the port the health_listening line below names"
+                     "    Stop: Ctrl-C")
     return "\n".join(lines) + "\n"
 
 
@@ -238,7 +242,14 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not found.queue:
         return _config_error("source: names no queue_url to send to")
     queue_url = sqs.get_queue_url(QueueName=found.queue)["QueueUrl"]
-    response = sqs.send_message(QueueUrl=queue_url, MessageBody=args.body)
+    attributes = {}
+    for pair in args.attribute:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            return _config_error(f"--attribute: {pair!r} is not NAME=VALUE")
+        attributes[name] = {"DataType": "String", "StringValue": value}
+    response = sqs.send_message(QueueUrl=queue_url, MessageBody=args.body,
+                                MessageAttributes=attributes)
     print(f"sent message {response['MessageId']} to {queue_url}")
     return 0
 
@@ -279,6 +290,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="do not send the sample messages")
     send = commands.add_parser("send", parents=[with_config],
                                help="send one message to the pipeline's queue")
+    send.add_argument("--attribute", action="append", default=[], metavar="NAME=VALUE",
+                      help="a string message attribute (repeatable)")
     send.add_argument("body")
     listing = commands.add_parser("list", parents=[with_config],
                                   help="list the objects in the pipeline's bucket(s)")
