@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from helpers.otlp import OtlpGrpcReceiver, OtlpHttpReceiver, parse_prometheus
+from helpers.processes import ChildProcess as Process
 from helpers.support import (
     RunningPipeline,
     cli_env,
@@ -26,7 +27,6 @@ from helpers.support import (
     wait_for,
     write_config,
 )
-from test_cli_run import Process
 
 from sqs_processor.config import load_config
 from sqs_processor.errors import ConfigError
@@ -96,7 +96,7 @@ def traced_run(tmp_path: Path, aws_env: dict[str, str], queue_url: str, bucket: 
 
     yield run
     for process in started:
-        process.kill()
+        process.stop()
 
 
 def _stop(process: Process) -> None:
