@@ -8,6 +8,7 @@ at run time such as the health port being taken.
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import signal
@@ -23,7 +24,6 @@ from sqs_processor.health import HealthServer
 from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.logs import LEVELS, configure
 from sqs_processor.manager import PluginManager, Registration
-from sqs_processor.options import suggest
 from sqs_processor.pipeline import Pipeline, build_pipeline
 from sqs_processor.records import normalise_name
 from sqs_processor.reload import Supervisor
@@ -127,8 +127,11 @@ def _describe(manager: PluginManager, name: str) -> int:
         key = name
     found = [c for c in manager.all_components() if c.name == key]
     if not found:
-        hint = suggest(key, sorted({c.name for c in manager.all_components()}))
-        message = f"sqs-processor: no component is named {name!r}{hint}"
+        known = sorted({(c.name, c.kind) for c in manager.all_components()})
+        close = difflib.get_close_matches(key, [n for n, _ in known], n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listing = ", ".join(f"{n} ({kind})" for n, kind in known) or "none"
+        message = f"sqs-processor: no component is named {name!r}{hint}; components: {listing}"
         if manager.skipped:  # the component may be one of theirs
             message += "; plugins not loaded: " + "; ".join(map(str, manager.skipped))
         print(message, file=sys.stderr)

@@ -269,7 +269,20 @@ def test_plugins_describe_an_unknown_name_suggests_the_closest(tripwire):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        "sqs-processor: no component is named 'json_pars'; did you mean 'json_parse'?"]
+        "sqs-processor: no component is named 'json_pars'; did you mean 'json_parse'?; "
+        f"components: {BUILTIN_COMPONENTS}"]
+
+
+BUILTIN_COMPONENTS = ("enrich (transform), json_parse (transform), s3 (sink), sqs (source), "
+                      "sqs_delete (acker)")
+
+
+def test_plugins_describe_a_name_like_nothing_lists_what_exists_without_a_guess(tripwire):
+    result = cli(["plugins", "--describe", "nosuch"], child_env(tripwire))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"sqs-processor: no component is named 'nosuch'; components: {BUILTIN_COMPONENTS}"]
 
 
 def test_plugins_describe_says_when_the_plugin_was_blocked(tripwire):
@@ -277,5 +290,6 @@ def test_plugins_describe_says_when_the_plugin_was_blocked(tripwire):
     result = cli(["plugins", "--describe", "s3"], env)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "sqs-processor: no component is named 's3'; plugins not loaded: built-in "
+        "sqs-processor: no component is named 's3'; components: enrich (transform), "
+        "json_parse (transform), sqs (source), sqs_delete (acker); plugins not loaded: built-in "
         "sqs_processor.plugins.s3_sink (blocked by $SQS_PROCESSOR_PLUGINS_BLOCK entry 's3_sink')"]
