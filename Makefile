@@ -48,9 +48,11 @@ validate: $(STAMP)
 	  S3_BUCKET_NAME=example-bucket $(BIN)/sqs-processor validate --config $$f || exit 1; \
 	done
 
-## docs: regenerate the README's configuration reference from the option declarations
+## docs: regenerate the README's configuration reference and configs/pipeline.schema.json
+##       from the option declarations
 docs: $(STAMP)
 	$(BIN)/python -m sqs_processor.docs README.md
+	$(BIN)/python -m sqs_processor.schema configs/pipeline.schema.json
 
 ## send BODY='...' [CONFIG=...]: send one message to the pipeline's queue while `make run` runs
 send: $(LOCAL_STAMP)

@@ -1,4 +1,5 @@
-"""The ``sqs-processor`` command: ``run``, ``validate`` and ``plugins`` (``--describe NAME``).
+"""The ``sqs-processor`` command: ``run``, ``validate``, ``plugins`` (``--describe NAME``) and
+``schema`` (the JSON Schema of the pipeline YAML).
 
 Exit codes: 0 success (including a graceful stop on SIGTERM/SIGINT), 2 a configuration error
 (one line on stderr naming the key, the value and what was expected; no traceback), 1 a failure
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
         help="list every component, the plugin that provides it, and plugins not loaded")
     plugins.add_argument("--describe", metavar="NAME", default=None,
                          help="print the options of the component NAME")
+    commands.add_parser(
+        "schema", parents=[common, with_config],
+        help="print the JSON Schema of the pipeline YAML, with the options of every registered "
+             "component (the config's drop-in plugins included)")
     return parser
 
 
@@ -117,6 +122,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(line)
     for warning in manager.unmatched:
         print(f"warning: {warning}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from sqs_processor.schema import pipeline_schema, render
+
+    manager = build_plugin_manager(load_plugin_settings(_config_path(args)))
+    for broken in manager.broken:  # its components are missing from the schema: say so
+        print(f"warning: plugin {broken.provider} is broken and left out: {broken.error}",
+              file=sys.stderr)
+    sys.stdout.write(render(pipeline_schema(manager)))
     return 0
 
 
@@ -215,7 +231,8 @@ def _install_signal_handlers(supervisor: Supervisor) -> None:
     signal.signal(signal.SIGHUP, reload)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins}
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins,
+            "schema": cmd_schema}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
