@@ -2,8 +2,8 @@
 ``schema`` (the JSON Schema of the pipeline YAML).
 
 Exit codes: 0 success (including a graceful stop on SIGTERM/SIGINT), 2 a configuration error
-(one line on stderr naming the key, the value and what was expected; no traceback), 1 a failure
-at run time such as the health port being taken.
+(one line on stderr per problem, naming the key, the value and what was expected; every problem
+found in one run; no traceback), 1 a failure at run time such as the health port being taken.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sqs_processor import __version__
-from sqs_processor.config import load_config, load_plugin_settings
-from sqs_processor.errors import ConfigError
+from sqs_processor.config import load_plugin_settings
+from sqs_processor.errors import ConfigError, each_error
 from sqs_processor.health import HealthServer
 from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.logs import LEVELS, configure
 from sqs_processor.manager import PluginManager, Registration
-from sqs_processor.pipeline import Pipeline, build_pipeline
+from sqs_processor.pipeline import Pipeline, load_pipeline
 from sqs_processor.records import normalise_name
 from sqs_processor.reload import Supervisor
 from sqs_processor.telemetry import Telemetry
@@ -80,8 +80,7 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 
 def _load(args: argparse.Namespace) -> Pipeline:
-    config = load_config(_config_path(args))
-    return build_pipeline(config, build_plugin_manager(config.plugin_settings))
+    return load_pipeline(_config_path(args))
 
 
 def _telemetry_settings(pipeline: Pipeline) -> TelemetrySettings:
@@ -231,6 +230,12 @@ def _install_signal_handlers(supervisor: Supervisor) -> None:
     signal.signal(signal.SIGHUP, reload)
 
 
+def print_config_errors(error: ConfigError) -> None:
+    """Every problem on a line of its own, on stderr."""
+    for one in each_error(error):
+        print(f"sqs-processor: config error: {one}", file=sys.stderr)
+
+
 COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins,
             "schema": cmd_schema}
 
@@ -241,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"sqs-processor: config error: {exc}", file=sys.stderr)
+        print_config_errors(exc)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

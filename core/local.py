@@ -89,15 +89,12 @@ def local_config() -> Path:
 
 def targets(path: Path | None) -> Targets:
     """Read the config (the local one when ``path`` is None) and what it names. ConfigError."""
-    from sqs_processor.config import load_config
     from sqs_processor.errors import ConfigError
-    from sqs_processor.loaders import build_plugin_manager
-    from sqs_processor.pipeline import build_pipeline
+    from sqs_processor.pipeline import load_pipeline
 
     path = local_config() if path is None else path
-    config = load_config(path)
     # The whole pipeline is built (offline) first, so a bad option creates nothing.
-    build_pipeline(config, build_plugin_manager(config.plugin_settings))
+    config = load_pipeline(path).config
     named = config.aws["endpoint_url"]
     if named is not None and named.rstrip("/") != endpoint():
         raise ConfigError("aws.endpoint_url", "is not the local emulator; local mode never "
@@ -210,8 +207,11 @@ def _hints(found: Targets, queue_url: str | None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _config_error(exc: Exception) -> int:
-    print(f"sqs-processor: config error: {exc}", file=sys.stderr)
+def _config_error(exc: Exception | str) -> int:
+    from sqs_processor.errors import ConfigError, each_error
+
+    for one in each_error(exc) if isinstance(exc, ConfigError) else (exc,):
+        print(f"sqs-processor: config error: {one}", file=sys.stderr)
     return 2
 
 
