@@ -94,15 +94,15 @@ def targets(path: Path | None) -> Targets:
 
     path = local_config() if path is None else path
     # The whole pipeline is built (offline) first, so a bad option creates nothing.
-    config = load_pipeline(path).config
+    pipeline = load_pipeline(path)
+    config = pipeline.config
     named = config.aws["endpoint_url"]
     if named is not None and named.rstrip("/") != endpoint():
         raise ConfigError("aws.endpoint_url", "is not the local emulator; local mode never "
                           "calls AWS", value=named,
                           expected=f"no endpoint_url, or {endpoint()} (set ${ENDPOINT_ENV} for "
                                    "another emulator)")
-    region = (config.aws["region"] or os.environ.get("AWS_REGION")
-              or os.environ.get("AWS_DEFAULT_REGION") or REGION)
+    region = pipeline.aws.region  # as the processor resolves it: the YAML, else boto3's chain
     queue_url = config.source.options.get("queue_url")
     queue = queue_url.rstrip("/").rsplit("/", 1)[-1] if isinstance(queue_url, str) else None
     blocks = [config.sink.options]
