@@ -22,6 +22,7 @@ import argparse
 import functools
 import logging
 import signal
+import socket
 import sys
 import threading
 
@@ -43,6 +44,21 @@ def serialise_moto_deletes() -> None:
     models.Queue.delete_message = delete_message
 
 
+def _check_free(host: str, port: int) -> None:
+    """Fail at once when the port is taken: moto's server thread would exit and leave
+    ``start()`` waiting forever."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"the emulator cannot listen on {host}:{port}: "
+                             f"{exc.strerror or exc}; is one already running there? "
+                             "(--port picks another)") from None
+
+
 def start(host: str = "127.0.0.1", port: int = 4566):  # type: ignore[no-untyped-def]
     """Start the emulator in a thread of this process; returns the moto ThreadedMotoServer."""
     try:
@@ -51,6 +67,7 @@ def start(host: str = "127.0.0.1", port: int = 4566):  # type: ignore[no-untyped
         raise SystemExit("the emulator needs moto's server: pip install 'sqs-processor[local]' "
                          f"({exc})") from None
     serialise_moto_deletes()
+    _check_free(host, port)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     return server

@@ -165,3 +165,17 @@ def test_the_standalone_emulator_prints_its_endpoint_and_the_exports(tmp_path):
         except subprocess.TimeoutExpired:
             process.kill()
             pytest.fail("the emulator did not stop on SIGTERM")
+
+
+def test_the_emulator_exits_at_once_with_one_line_when_its_port_is_taken():
+    import socket
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "sqs_processor.emulator", "--port",
+                                 str(port)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"the emulator cannot listen on 127.0.0.1:{port}: Address already in use; is one "
+        "already running there? (--port picks another)"]
