@@ -24,7 +24,7 @@ from urllib.parse import urlparse
 from sqs_processor.errors import ConfigError, ConfigErrors, Problems, Unresolved
 from sqs_processor.options import Option, suggest, validate_options
 from sqs_processor.records import normalise_name
-from sqs_processor.telemetry_settings import TELEMETRY_OPTIONS
+from sqs_processor.telemetry_settings import TELEMETRY_OPTIONS, resolve_settings
 from sqs_processor.yaml_loading import interpolate, read_document
 
 DEFAULT_CONFIG_NAME = "default.yaml"
@@ -434,6 +434,8 @@ def parse_config(
     document = _interpolate_each(dict(raw), "", environ, env_sources, found, unresolved)
     later = Problems(skip=unresolved)  # an unreadable value was reported once already
     engine = _engine_sections(document, later)
+    with later.collect():  # the OTEL_* variables too, reported with the rest
+        resolve_settings(engine["telemetry"], environ)
     components = _component_sections(document, later)
     plugin_settings = None
     with later.collect():

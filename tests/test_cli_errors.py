@@ -203,7 +203,8 @@ ack: {{type: sqs_delete}}
 def test_validate_reports_every_problem_of_a_config_at_once_one_line_each(tmp_path, tripwire):
     path = tmp_path / "many.yaml"
     path.write_text(MANY_PROBLEMS, encoding="utf-8")
-    problems = config_errors(cli(["validate", "--config", str(path)], child_env(tripwire)))
+    env = child_env(tripwire, OTEL_EXPORTER_OTLP_PROTOCOL="carrier-pigeon")
+    problems = config_errors(cli(["validate", "--config", str(path)], env))
     assert sorted(problems) == sorted([
         "servise: is not a section of the pipeline config; did you mean 'service'?",
         "aws.endpoint_url: needs environment variable NO_SUCH_ENDPOINT, which is not set",
@@ -217,12 +218,14 @@ def test_validate_reports_every_problem_of_a_config_at_once_one_line_each(tmp_pa
         "(known transforms: enrich, json_parse)",
         # The misspelled key stands for the required bucket: one line, not a second "required".
         "sink.bukcet: is not an option of this component; did you mean 'bucket'?",
+        "telemetry.protocol: 'carrier-pigeon' is not a supported OTLP protocol; expected "
+        "http/protobuf or grpc (from $OTEL_EXPORTER_OTLP_PROTOCOL)",
     ])
     # Fixed one by one, each problem goes away on its own: the rest are still reported.
     fixed = MANY_PROBLEMS.replace("servise: {workers: 2}\n", "").replace("max_messages: 11",
                                                                        "max_messages: 10")
     path.write_text(fixed, encoding="utf-8")
-    again = config_errors(cli(["validate", "--config", str(path)], child_env(tripwire)))
+    again = config_errors(cli(["validate", "--config", str(path)], env))
     assert len(again) == len(problems) - 2
     assert set(again) < set(problems)
     assert tripwire.close() == 0
