@@ -16,7 +16,7 @@ from pathlib import Path
 import boto3
 import pytest
 import yaml
-from helpers.support import cli_env, dropin_folder, stored_objects, unique, wait_for
+from helpers.support import ROOT, cli_env, dropin_folder, stored_objects, unique, wait_for
 
 from sqs_processor.emulator import exports
 
@@ -179,3 +179,27 @@ def test_the_emulator_exits_at_once_with_one_line_when_its_port_is_taken():
     assert result.stderr.splitlines() == [
         f"the emulator cannot listen on 127.0.0.1:{port}: Address already in use; is one "
         "already running there? (--port picks another)"]
+
+
+def _make_plan(*args: str) -> list[str]:
+    """What ``make ARGS`` would run, with the install stamps out of date (``make -n``)."""
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    result = subprocess.run(["make", "-n", "-W", "pyproject.toml", *args], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+def test_make_run_installs_only_the_local_extra_and_passes_the_config_through():
+    plan = _make_plan("run", "CONFIG=my pipeline.yaml", "ARGS=--no-samples")
+    installs = [line for line in plan if "pip install" in line]
+    assert installs == [".venv/bin/python -m pip install --quiet -e '.[local]'"]
+    assert plan[-1] == (".venv/bin/python -m sqs_processor.local run --config 'my pipeline.yaml'"
+                        " --no-samples")
+    assert _make_plan("run")[-1].split() == [".venv/bin/python", "-m", "sqs_processor.local",
+                                             "run"]
+    assert _make_plan("emulator")[-1] == ".venv/bin/python -m sqs_processor.emulator"
+    assert any("-e '.[dev]'" in line for line in _make_plan("test"))
