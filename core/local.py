@@ -158,16 +158,23 @@ def prepare(found: Targets, samples: bool = True) -> str | None:
     made = [f"bucket s3://{b}" for b in found.buckets]
     queue_url = None
     if found.queue:
-        queue_url = sqs.create_queue(QueueName=found.queue,
-                                     Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+        attributes = {"VisibilityTimeout": "30"}
+        if found.queue.endswith(".fifo"):
+            attributes.update(FifoQueue="true", ContentBasedDeduplication="true")
+        queue_url = sqs.create_queue(QueueName=found.queue, Attributes=attributes)["QueueUrl"]
         made.insert(0, f"queue {queue_url}")
         if samples:
-            for body, attributes in SAMPLES:
+            for body, message_attributes in SAMPLES:
                 sqs.send_message(QueueUrl=queue_url, MessageBody=body,
-                                 MessageAttributes=attributes)
+                                 MessageAttributes=message_attributes, **_fifo(queue_url))
             made.append(f"sent {len(SAMPLES)} samples")
     print(f"on the emulator ({found.region}): " + "; ".join(made or ["nothing to create"]))
     return queue_url
+
+
+def _fifo(queue_url: str) -> dict[str, str]:
+    """A FIFO queue needs a message group (its deduplication is by content)."""
+    return {"MessageGroupId": "local"} if queue_url.endswith(".fifo") else {}
 
 
 def _tracing_hint() -> str:
@@ -249,7 +256,7 @@ def cmd_send(args: argparse.Namespace) -> int:
             return _config_error(f"--attribute: {pair!r} is not NAME=VALUE")
         attributes[name] = {"DataType": "String", "StringValue": value}
     response = sqs.send_message(QueueUrl=queue_url, MessageBody=args.body,
-                                MessageAttributes=attributes)
+                                MessageAttributes=attributes, **_fifo(queue_url))
     print(f"sent message {response['MessageId']} to {queue_url}")
     return 0
 

@@ -203,3 +203,23 @@ def test_make_run_installs_only_the_local_extra_and_passes_the_config_through():
                                              "run"]
     assert _make_plan("emulator")[-1] == ".venv/bin/python -m sqs_processor.emulator"
     assert any("-e '.[dev]'" in line for line in _make_plan("test"))
+
+
+def test_a_fifo_queue_is_created_as_fifo_and_gets_the_samples(emulator, monkeypatch):
+    from sqs_processor import local
+
+    # Local mode sets these in its own process; registered here, they are restored afterwards.
+    for name, value in {"LOCAL_ENDPOINT_URL": emulator, "AWS_ENDPOINT_URL": emulator,
+                        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(name, value)
+    for name in ("SQS_QUEUE_URL", "S3_BUCKET_NAME", "AWS_ENDPOINT_URL_SQS", "AWS_ENDPOINT_URL_S3"):
+        monkeypatch.delenv(name, raising=False)
+    name = f"{unique('local')}.fifo"
+    found = local.Targets(Path("pipeline.yaml"), REGION, name, (), "")
+    queue_url = local.prepare(found)
+    sqs = boto3.client("sqs", endpoint_url=emulator, region_name=REGION)
+    attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])[
+        "Attributes"]
+    assert attributes["FifoQueue"] == "true"
+    assert attributes["ApproximateNumberOfMessages"] == str(len(local.SAMPLES))
