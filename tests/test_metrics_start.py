@@ -107,3 +107,38 @@ def test_failure_counters_start_per_stage_so_the_documented_alert_reads_zero(
     assert samples["sqs_processor_ack_failures_total"] == 0
     assert samples['sqs_processor_config_reloads_total{outcome="rejected"}'] == 0
     assert samples['sqs_processor_visibility_extensions_total{outcome="failed"}'] == 0
+
+
+def test_a_reload_that_adds_a_stage_exports_its_series_at_zero(tmp_path, aws_env, queue_url,
+                                                               bucket):
+    import threading
+
+    from sqs_processor.pipeline import load_pipeline
+    from sqs_processor.reload import Supervisor
+    from sqs_processor.telemetry import Telemetry
+
+    config = pipeline_config(queue_url, bucket, transforms=["json_parse"])
+    config["source"].update(wait_time_seconds=1, poll_interval_seconds=1)
+    path = write_config(tmp_path, config)
+    telemetry = Telemetry()
+    supervisor = Supervisor(load_pipeline(path), telemetry, lambda: load_pipeline(path),
+                            watch=False)
+    thread = threading.Thread(target=supervisor.run, daemon=True)
+    thread.start()
+    series = 'sqs_processor_messages_failed_total{stage="transform:enrich"}'
+    try:
+        wait_for(lambda: supervisor.state == "running", timeout=60, message="running")
+        assert series not in parse_prometheus(telemetry.prometheus_text())
+        config["transforms"] = ["json_parse", "enrich"]
+        write_config(tmp_path, config)
+        supervisor.request_reload()
+        wait_for(lambda: parse_prometheus(telemetry.prometheus_text()).get(
+            'sqs_processor_config_reloads_total{outcome="ok"}') == 1, timeout=60,
+            message="the reload")
+        samples = parse_prometheus(telemetry.prometheus_text())
+        assert samples[series] == 0
+        assert samples['sqs_processor_config_reloads_total{outcome="rejected"}'] == 0
+    finally:
+        supervisor.stop()
+        thread.join(60)
+        telemetry.shutdown()
