@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 from helpers.otlp import parse_prometheus
-from helpers.processes import ChildProcess
+from helpers.processes import ChildProcess as Process
 from helpers.support import cli_env, pipeline_config, queue_counts, stored_objects, wait_for
 
 STAMP = '''
@@ -136,8 +136,8 @@ def test_configmap_swaps_reload_without_loss_duplicates_or_unreadiness(
     mount = ConfigMapDir(tmp_path / "config")
     mount.publish({"pipeline.yaml": _config(queue_url, bucket, "v1"),
                    "stamp.py": STAMP.format(value="A")})
-    process = ChildProcess(["run", "--config", str(mount.root / "pipeline.yaml"),
-                            "--log-format", "json"], cli_env(aws_env))
+    process = Process(["run", "--config", str(mount.root / "pipeline.yaml"), "--log-format",
+                       "json"], cli_env(aws_env))
     try:
         port = process.wait_event("health_listening")["port"]
         process.wait_event("started")
@@ -147,18 +147,19 @@ def test_configmap_swaps_reload_without_loss_duplicates_or_unreadiness(
             # 1. A good change of the pipeline YAML and of a plugin file, in one swap.
             mount.publish({"pipeline.yaml": _config(queue_url, bucket, "v2"),
                            "stamp.py": STAMP.format(value="B")})
-            assert process.next_event("reloaded", timeout=20)["outcome"] == "ok"
+            assert process.wait_event("reloaded", timeout=20)["outcome"] == "ok"
             # 2. A bad change: rejected, the v2 pipeline keeps running.
             mount.publish({"pipeline.yaml": _config(queue_url, bucket, "v3").replace(
                 "max_in_flight", "max_in_flihgt") + "service: {max_in_flihgt: 5}\n",
                 "stamp.py": STAMP.format(value="B")})
-            rejected = process.next_event("reload_rejected", timeout=20)
+            rejected = process.wait_event("reload_rejected", timeout=20)
             assert "config error" in rejected["message"]
             # 3. A plugin file that does not import: rejected too.
             mount.publish({"pipeline.yaml": _config(queue_url, bucket, "v4"),
                            "stamp.py": "this is not python\n"})
-            rejected = process.next_event("reload_rejected", timeout=20)
-            assert "stamp" in rejected["message"]
+            wait_for(lambda: len(process.events("reload_rejected")) == 2, timeout=20,
+                     message="the second rejection")
+            assert "stamp" in process.events("reload_rejected")[1]["message"]
             feeder.join()
             wait_for(lambda: len(stored_objects(s3, bucket)) >= len(feeder.sent), timeout=60,
                      message="every message stored")
@@ -189,8 +190,7 @@ def test_sighup_reloads_when_watching_is_off(tmp_path, aws_env, sqs, s3, queue_u
                              "shutdown_grace_seconds": 10, "reload_on_change": False}}
     path.write_text(_config(queue_url, bucket, "v1", **watch_off), encoding="utf-8")
     (folder / "stamp.py").write_text(STAMP.format(value="A"), encoding="utf-8")
-    process = ChildProcess(["run", "--config", str(path), "--log-format", "json"],
-                           cli_env(aws_env))
+    process = Process(["run", "--config", str(path), "--log-format", "json"], cli_env(aws_env))
     try:
         process.wait_event("started")
         first = sqs.send_message(QueueUrl=queue_url, MessageBody='{"first": 1}')["MessageId"]
@@ -199,11 +199,20 @@ def test_sighup_reloads_when_watching_is_off(tmp_path, aws_env, sqs, s3, queue_u
         time.sleep(2.5)  # watching is off: nothing happens on its own
         assert not any('"reload_started"' in line for line in process.lines)
         process.proc.send_signal(signal.SIGHUP)
-        assert process.next_event("reloaded", timeout=20)["outcome"] == "ok"
+        assert process.wait_event("reloaded", timeout=20)["outcome"] == "ok"
+        # The previous pipeline drains in words that cannot be read as the process stopping.
+        draining = process.wait_event("draining", timeout=20)["message"]
+        assert draining.startswith("draining the previous pipeline: finishing its in-flight")
+        assert process.wait_event("drained", timeout=30)["message"].startswith(
+            "previous pipeline drained: ")
+        assert process.wait_event("reload_started")["message"].startswith("reloading ")
+        assert not process.events("stopping") and not process.events("stopped")
+        assert not any("stopping: finishing in-flight" in line for line in process.lines)
         second = sqs.send_message(QueueUrl=queue_url, MessageBody='{"second": 2}')["MessageId"]
         wait_for(lambda: len(stored_objects(s3, bucket)) == 2)
         process.proc.send_signal(signal.SIGTERM)
         assert process.finish() == 0
+        assert len(process.events("stopping")) == 1  # the real shutdown keeps its words
     finally:
         process.stop()
     documents = {d["message_id"]: d for d in stored_objects(s3, bucket).values()}

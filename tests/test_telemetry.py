@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from helpers.otlp import OtlpGrpcReceiver, OtlpHttpReceiver, parse_prometheus
-from helpers.processes import ChildProcess
+from helpers.processes import ChildProcess as Process
 from helpers.support import (
     RunningPipeline,
     cli_env,
@@ -78,10 +78,10 @@ def _process_span(spans: list[dict[str, Any]], message_id: str) -> dict[str, Any
 @pytest.fixture
 def traced_run(tmp_path: Path, aws_env: dict[str, str], queue_url: str, bucket: str, sqs: Any):
     """Run the CLI with OTEL_* variables pointing at a receiver; yield a helper to drive it."""
-    started: list[ChildProcess] = []
+    started: list[Process] = []
 
     def run(receiver: Any, *, protocol: str = "http/protobuf", extra_env: dict[str, str] | None
-            = None, **sections: Any) -> ChildProcess:
+            = None, **sections: Any) -> Process:
         folder = dropin_folder(tmp_path, exploder=FAILING_TRANSFORM)
         config = pipeline_config(queue_url, bucket, plugins={"paths": [str(folder)]}, **sections)
         path = write_config(tmp_path, config)
@@ -89,7 +89,7 @@ def traced_run(tmp_path: Path, aws_env: dict[str, str], queue_url: str, bucket: 
                       OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_SERVICE_NAME="archiver-test",
                       OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test,team=storage",
                       OTEL_BSP_SCHEDULE_DELAY="100", **(extra_env or {}))
-        process = ChildProcess(["run", "--config", str(path), "--log-format", "json"], env)
+        process = Process(["run", "--config", str(path), "--log-format", "json"], env)
         started.append(process)
         process.wait_event("started")
         return process
@@ -99,7 +99,7 @@ def traced_run(tmp_path: Path, aws_env: dict[str, str], queue_url: str, bucket: 
         process.stop()
 
 
-def _stop(process: ChildProcess) -> None:
+def _stop(process: Process) -> None:
     process.proc.send_signal(signal.SIGTERM)
     assert process.finish() == 0
 

@@ -34,7 +34,6 @@ class ChildProcess:
         self.records: list[dict[str, Any]] = []  # the lines that are JSON log records
         self.other_lines: list[str] = []
         self._changed = threading.Condition()
-        self._taken: dict[str, int] = {}  # per event, how many next_event() has returned
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
 
@@ -69,23 +68,6 @@ class ChildProcess:
                     break
                 self._changed.wait(min(remaining, 0.2))
         pytest.fail(f"{self.name}: no {event!r} log event within {timeout}s; "
-                    f"log tail:\n{self.log_tail()}")
-
-    def next_event(self, event: str, timeout: float = 20.0) -> dict[str, Any]:
-        """The next log record of ``event`` after the one this method returned last time."""
-        taken = self._taken.get(event, 0)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                matching = [r for r in self.records if r.get("event") == event]
-                if len(matching) > taken:
-                    self._taken[event] = taken + 1
-                    return matching[taken]
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    break
-                self._changed.wait(min(remaining, 0.2))
-        pytest.fail(f"{self.name}: no new {event!r} log event within {timeout}s; "
                     f"log tail:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 30) -> str:
