@@ -3,9 +3,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+LOCAL_STAMP := $(VENV)/.installed-local
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: run test lint validate docs send list bench clean
+.PHONY: run emulator test lint validate docs send list bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +17,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# `make run` needs only the emulator: the `local` extra, not the test tools.
+$(LOCAL_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[local]'
+	touch $(LOCAL_STAMP)
+
 ## run: the processor against the embedded SQS/S3 emulator (no AWS account needed)
-run: $(STAMP)
-	$(BIN)/python -m sqs_processor.local
+##      make run [CONFIG=my-pipeline.yaml] [ARGS='--log-format json --no-samples']
+run: $(LOCAL_STAMP)
+	$(BIN)/python -m sqs_processor.local run $(if $(CONFIG),--config '$(CONFIG)') $(ARGS)
+
+## emulator: the SQS/S3 emulator alone on 127.0.0.1:4566; prints the AWS_* variables to export
+emulator: $(LOCAL_STAMP)
+	$(BIN)/python -m sqs_processor.emulator
 
 ## test: the whole suite (moto server over real HTTP), plus lint
 test: $(STAMP)
@@ -37,17 +48,19 @@ validate: $(STAMP)
 	  S3_BUCKET_NAME=example-bucket $(BIN)/sqs-processor validate --config $$f || exit 1; \
 	done
 
-## docs: regenerate the README's configuration reference from the option declarations
+## docs: regenerate the README's configuration reference and configs/pipeline.schema.json
+##       from the option declarations
 docs: $(STAMP)
 	$(BIN)/python -m sqs_processor.docs README.md
+	$(BIN)/python -m sqs_processor.schema configs/pipeline.schema.json
 
-## send BODY='...': send one message to the local queue while `make run` runs
-send: $(STAMP)
-	$(BIN)/python -m sqs_processor.local send '$(BODY)'
+## send BODY='...' [CONFIG=...]: send one message to the pipeline's queue while `make run` runs
+send: $(LOCAL_STAMP)
+	$(BIN)/python -m sqs_processor.local send $(if $(CONFIG),--config '$(CONFIG)') '$(BODY)'
 
-## list: list what `make run` archived
-list: $(STAMP)
-	$(BIN)/python -m sqs_processor.local list
+## list [CONFIG=...]: list what `make run` archived
+list: $(LOCAL_STAMP)
+	$(BIN)/python -m sqs_processor.local list $(if $(CONFIG),--config '$(CONFIG)')
 
 $(BENCH_STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

@@ -108,16 +108,17 @@ def summarise(raw: Path, cpu_ms_per_msg: float, top: int = 15) -> dict[str, Any]
 
 # Thread roles, from the outermost runner frame, and what a sampled thread was doing, from its
 # innermost frame. Used on a profile of every thread (no --gil) to see where threads wait.
-ROLES = (("poller", "Runner._poll_loop"), ("worker", "Runner._work_loop"),
-         ("acker", "Runner._ack_loop"))
+ROLES = (("poller", "Poller._loop"), ("worker", "WorkerPool._loop"), ("acker", "AckPool._loop"))
 STATES = (
     ("waiting for in-flight room (max_in_flight reached)",
      lambda role, leaf, frames: role == "poller" and leaf.startswith("Condition.wait")
-     and any("Runner._poll_loop" in f for f in frames[-3:])),
+     and any("InFlight.reserve" in f for f in frames[-3:])),
     ("idle: waiting for a message", lambda role, leaf, frames: leaf.startswith(
-        "Runner._work_loop")),
+        "WorkerPool._loop")),
     ("idle: waiting for finished messages / batch linger",
-     lambda role, leaf, frames: leaf.startswith("Runner._ack_loop")),
+     lambda role, leaf, frames: leaf.startswith("AckPool._loop") or (
+         role == "acker" and leaf.startswith("Condition.wait")
+         and any("Queue.get" in f for f in frames[-3:]))),
     ("waiting for AWS (the injected latency, the emulator)",
      lambda role, leaf, frames: any(leaf.startswith(x) for x in (
          "SocketIO.readinto", "poll_wait_for_socket", "wait_for_read", "_PollLikeSelector.select",

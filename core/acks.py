@@ -11,7 +11,7 @@ Each ack thread takes the first finished job, waits up to :data:`ACK_LINGER_SECO
   write, and the first successful delete resumes it.
 
 A message keeps its in-flight place until its delete settled, never longer. The test kit calls
-:meth:`AckPool.send` itself, with no pool threads, so it meets the same rules.
+:meth:`AckPool.send_queued` itself, with no pool threads, so it meets the same rules.
 """
 
 from __future__ import annotations

@@ -1,13 +1,15 @@
-"""The ``sqs-processor`` command: ``run``, ``validate`` and ``plugins`` (``--describe NAME``).
+"""The ``sqs-processor`` command: ``run``, ``validate``, ``plugins`` (``--describe NAME``) and
+``schema`` (the JSON Schema of the pipeline YAML).
 
 Exit codes: 0 success (including a graceful stop on SIGTERM/SIGINT), 2 a configuration error
-(one line on stderr naming the key, the value and what was expected; no traceback), 1 a failure
-at run time such as the health port being taken.
+(one line on stderr per problem, naming the key, the value and what was expected; every problem
+found in one run; no traceback), 1 a failure at run time such as the health port being taken.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import signal
@@ -17,14 +19,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from sqs_processor import __version__
-from sqs_processor.config import load_config, load_plugin_settings
-from sqs_processor.errors import ConfigError
+from sqs_processor.config import load_plugin_settings
+from sqs_processor.errors import ConfigError, each_error
 from sqs_processor.health import HealthServer
 from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.logs import LEVELS, configure
 from sqs_processor.manager import PluginManager, Registration
-from sqs_processor.options import suggest
-from sqs_processor.pipeline import Pipeline, build_pipeline
+from sqs_processor.pipeline import Pipeline, load_pipeline
 from sqs_processor.records import normalise_name
 from sqs_processor.reload import Supervisor
 from sqs_processor.telemetry import Telemetry
@@ -64,6 +65,10 @@ def _parser() -> argparse.ArgumentParser:
         help="list every component, the plugin that provides it, and plugins not loaded")
     plugins.add_argument("--describe", metavar="NAME", default=None,
                          help="print the options of the component NAME")
+    commands.add_parser(
+        "schema", parents=[common, with_config],
+        help="print the JSON Schema of the pipeline YAML, with the options of every registered "
+             "component (the config's drop-in plugins included)")
     return parser
 
 
@@ -75,8 +80,7 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 
 def _load(args: argparse.Namespace) -> Pipeline:
-    config = load_config(_config_path(args))
-    return build_pipeline(config, build_plugin_manager(config.plugin_settings))
+    return load_pipeline(_config_path(args))
 
 
 def _telemetry_settings(pipeline: Pipeline) -> TelemetrySettings:
@@ -120,6 +124,17 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    from sqs_processor.schema import pipeline_schema, render
+
+    manager = build_plugin_manager(load_plugin_settings(_config_path(args)))
+    for broken in manager.broken:  # its components are missing from the schema: say so
+        print(f"warning: plugin {broken.provider} is broken and left out: {broken.error}",
+              file=sys.stderr)
+    sys.stdout.write(render(pipeline_schema(manager)))
+    return 0
+
+
 def _describe(manager: PluginManager, name: str) -> int:
     try:
         key = normalise_name(name)
@@ -127,8 +142,11 @@ def _describe(manager: PluginManager, name: str) -> int:
         key = name
     found = [c for c in manager.all_components() if c.name == key]
     if not found:
-        hint = suggest(key, sorted({c.name for c in manager.all_components()}))
-        message = f"sqs-processor: no component is named {name!r}{hint}"
+        known = sorted({(c.name, c.kind) for c in manager.all_components()})
+        close = difflib.get_close_matches(key, [n for n, _ in known], n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        listing = ", ".join(f"{n} ({kind})" for n, kind in known) or "none"
+        message = f"sqs-processor: no component is named {name!r}{hint}; components: {listing}"
         if manager.skipped:  # the component may be one of theirs
             message += "; plugins not loaded: " + "; ".join(map(str, manager.skipped))
         print(message, file=sys.stderr)
@@ -212,7 +230,14 @@ def _install_signal_handlers(supervisor: Supervisor) -> None:
     signal.signal(signal.SIGHUP, reload)
 
 
-COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins}
+def print_config_errors(error: ConfigError) -> None:
+    """Every problem on a line of its own, on stderr."""
+    for one in each_error(error):
+        print(f"sqs-processor: config error: {one}", file=sys.stderr)
+
+
+COMMANDS = {"run": cmd_run, "validate": cmd_validate, "plugins": cmd_plugins,
+            "schema": cmd_schema}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -221,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        print(f"sqs-processor: config error: {exc}", file=sys.stderr)
+        print_config_errors(exc)
         return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from sqs_processor.errors import ConfigError
+from sqs_processor.errors import ConfigError, ConfigErrors, Problems, Unresolved
 from sqs_processor.options import Option, suggest, validate_options
 from sqs_processor.records import normalise_name
-from sqs_processor.telemetry_settings import TELEMETRY_OPTIONS
+from sqs_processor.telemetry_settings import TELEMETRY_OPTIONS, resolve_settings
 from sqs_processor.yaml_loading import interpolate, read_document
 
 DEFAULT_CONFIG_NAME = "default.yaml"
@@ -174,6 +174,10 @@ class PipelineConfig:
     telemetry: Mapping[str, Any] = field(default_factory=dict)
     errors: Mapping[str, Any] = field(
         default_factory=lambda: validate_options(ERRORS_OPTIONS, None, "errors"))
+    # Only with defer_errors: the problems found so far, for build_pipeline to report with its
+    # own, and the keys whose ${VAR} could not be replaced (read as unset meanwhile).
+    problems: tuple[ConfigError, ...] = field(default=(), compare=False)
+    unresolved: frozenset[str] = field(default=frozenset(), compare=False)
 
     def explain(self, error: ConfigError) -> ConfigError:
         """Add the environment variables behind ``error.key`` to the error, if any."""
@@ -181,20 +185,15 @@ class PipelineConfig:
 
 
 def _explain(error: ConfigError, env_sources: Mapping[str, tuple[str, ...]]) -> ConfigError:
+    if isinstance(error, ConfigErrors):
+        return ConfigErrors(_explain(e, env_sources) for e in error.errors)
     env = env_sources.get(error.key)
     return error.with_env(env) if env and not error.env else error
-
 
 
 def default_config_path() -> Path:
     """The built-in default pipeline, shipped inside the installed package."""
     return Path(str(resources.files("sqs_processor.configs").joinpath(DEFAULT_CONFIG_NAME)))
-
-
-
-# --------------------------------------------------------------------------------------------
-# Section checks
-# --------------------------------------------------------------------------------------------
 
 
 def _component(raw: Any, where: str) -> ComponentConfig:
@@ -285,12 +284,34 @@ def _plugin_settings(document: Mapping[str, Any], base_dir: Path,
                           autoload_off_by=off_by)
 
 
-def _check_top_level(document: Mapping[str, Any]) -> None:
+def _check_top_level(document: Mapping[str, Any], problems: Problems) -> None:
     for key in document:
         if key not in TOP_LEVEL_KEYS:
             hint = suggest(str(key), TOP_LEVEL_KEYS) or "; known sections: " + ", ".join(
                 TOP_LEVEL_KEYS)
-            raise ConfigError(str(key), f"is not a section of the pipeline config{hint}")
+            problems.add(ConfigError(str(key), f"is not a section of the pipeline config{hint}"))
+
+
+def _interpolate_each(node: Any, where: str, environ: Mapping[str, str], env_sources: dict,
+                      problems: Problems, unresolved: set[str]) -> Any:
+    """Replace ``${VAR}`` string by string, so that every missing variable is reported; a
+    string that cannot be replaced is kept as written and its key added to ``unresolved``
+    (later problems at that key are not reported: they would only repeat this one)."""
+    if isinstance(node, str):
+        try:
+            return interpolate(node, where, environ, env_sources)
+        except ConfigError as exc:
+            problems.add(exc)
+            unresolved.add(where)
+            return Unresolved(node)
+    if isinstance(node, dict):
+        return {k: _interpolate_each(v, f"{where}.{k}" if where else str(k), environ,
+                                     env_sources, problems, unresolved)
+                for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate_each(v, f"{where}[{i}]", environ, env_sources, problems, unresolved)
+                for i, v in enumerate(node)]
+    return node
 
 
 def _check_endpoint(value: str | None, key: str) -> None:
@@ -323,58 +344,77 @@ def load_plugin_settings(path: Path | None = None,
 
 
 def load_config(
-    path: Path | None = None, environ: Mapping[str, str] | None = None
+    path: Path | None = None, environ: Mapping[str, str] | None = None, *,
+    defer_errors: bool = False,
 ) -> PipelineConfig:
     """Read, interpolate and check a pipeline file (the built-in default when ``path`` is None).
 
-    Raises :class:`ConfigError` for the first problem found.
+    Raises :class:`ConfigError` with every problem found (:class:`ConfigErrors` for several);
+    see :func:`parse_config` for ``defer_errors``.
     """
     path, base_dir = _resolve(path)
-    return parse_config(read_document(path), path=path, base_dir=base_dir, environ=environ)
+    return parse_config(read_document(path), path=path, base_dir=base_dir, environ=environ,
+                        defer_errors=defer_errors)
 
 
-def _engine_sections(document: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def _section(document: Mapping[str, Any], name: str, options: tuple[Option, ...],
+             problems: Problems) -> dict[str, Any]:
+    """One engine section, validated; its defaults (and the problems recorded) when bad."""
+    raw = document.get(name)
+    if raw is not None and not isinstance(raw, dict):
+        problems.add(ConfigError(name, "must be a mapping", value=raw))
+        raw = None
+    try:
+        return validate_options(options, raw, name)
+    except ConfigError as exc:
+        problems.add(exc)
+        return validate_options(options, None, name)
+
+
+def _engine_sections(document: Mapping[str, Any], problems: Problems) -> dict[str, dict]:
     """The ``service``, ``telemetry``, ``errors`` and ``aws`` sections, validated."""
-    for section in ("service", "aws", "telemetry", "errors"):
-        if document.get(section) is not None and not isinstance(document[section], dict):
-            raise ConfigError(section, "must be a mapping", value=document[section])
-    sections = {
-        "service": validate_options(SERVICE_OPTIONS, document.get("service"), "service"),
-        "telemetry": validate_options(TELEMETRY_OPTIONS, document.get("telemetry"), "telemetry"),
-        "errors": validate_options(ERRORS_OPTIONS, document.get("errors"), "errors"),
-        "aws": validate_options(AWS_OPTIONS, document.get("aws"), "aws"),
-    }
+    sections = {name: _section(document, name, options, problems) for name, options in (
+        ("service", SERVICE_OPTIONS), ("telemetry", TELEMETRY_OPTIONS),
+        ("errors", ERRORS_OPTIONS), ("aws", AWS_OPTIONS))}
     errors, aws = sections["errors"], sections["aws"]
     try:
         errors["sink"] = normalise_name(errors["sink"])
     except ValueError as exc:
-        raise ConfigError("errors.sink", str(exc), value=errors["sink"],
-                          expected="none, or the name of a sink") from None
-    _check_endpoint(aws["endpoint_url"], "aws.endpoint_url")
+        problems.add(ConfigError("errors.sink", str(exc), value=errors["sink"],
+                                 expected="none, or the name of a sink"))
+        errors["sink"] = "none"
+    with problems.collect():
+        _check_endpoint(aws["endpoint_url"], "aws.endpoint_url")
     if aws["region"] is not None and not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", aws["region"]):
-        raise ConfigError("aws.region", "is not an AWS region name", value=aws["region"],
-                          expected="e.g. us-west-1")
+        problems.add(ConfigError("aws.region", "is not an AWS region name", value=aws["region"],
+                                 expected="e.g. us-west-1"))
     return sections
 
 
-def _component_sections(document: Mapping[str, Any]) -> dict[str, Any]:
+def _component_sections(document: Mapping[str, Any], problems: Problems
+                        ) -> dict[str, Any] | None:
     """The ``source``, ``transforms``, ``sink`` and ``ack`` blocks (options checked later,
-    against what each component declares)."""
+    against what each component declares); None when one of them cannot be read."""
+    blocks: dict[str, Any] = {}
     for section in ("source", "sink", "ack"):
         if document.get(section) is None:
-            raise ConfigError(section, "is required",
-                              expected="a mapping with a 'type' key naming a component")
+            problems.add(ConfigError(section, "is required",
+                                     expected="a mapping with a 'type' key naming a component"))
+            continue
+        with problems.collect():
+            blocks[section] = _component(document[section], section)
     transforms_raw = document.get("transforms") or []
     if not isinstance(transforms_raw, list):
-        raise ConfigError("transforms", "has the wrong type", value=transforms_raw,
-                          expected="a list of transform steps")
-    return {
-        "source": _component(document["source"], "source"),
-        "transforms": tuple(_component(item, f"transforms[{i}]")
-                            for i, item in enumerate(transforms_raw)),
-        "sink": _component(document["sink"], "sink"),
-        "ack": _component(document["ack"], "ack"),
-    }
+        problems.add(ConfigError("transforms", "has the wrong type", value=transforms_raw,
+                                 expected="a list of transform steps"))
+        transforms_raw = []
+    transforms = []
+    for i, item in enumerate(transforms_raw):
+        with problems.collect():
+            transforms.append(_component(item, f"transforms[{i}]"))
+    if len(transforms) < len(transforms_raw) or len(blocks) < 3:
+        return None
+    return {**blocks, "transforms": tuple(transforms)}
 
 
 def parse_config(
@@ -383,21 +423,36 @@ def parse_config(
     path: Path | None = None,
     base_dir: Path,
     environ: Mapping[str, str] | None = None,
+    defer_errors: bool = False,
 ) -> PipelineConfig:
     """Interpolate and check a pipeline document already read from YAML (or built in code).
 
-    ``base_dir`` is where relative paths start (the config file's folder). Raises
-    :class:`ConfigError` for the first problem found.
+    ``base_dir`` is where relative paths start (the config file's folder). Every problem is
+    collected, missing environment variables included, and raised together as a
+    :class:`ConfigError` (:class:`ConfigErrors` for several). With ``defer_errors``, a config
+    whose components and plugin settings could still be read is returned with its ``problems``
+    instead, so that :func:`~sqs_processor.pipeline.build_pipeline` adds its own and reports
+    them all in one run.
     """
     environ = os.environ if environ is None else environ
-    _check_top_level(raw)
+    found = Problems()
+    _check_top_level(raw, found)
     env_sources: dict[str, tuple[str, ...]] = {}
-    document = interpolate(dict(raw), "", environ, env_sources)
-    try:
-        engine = _engine_sections(document)
-        components = _component_sections(document)
+    unresolved: set[str] = set()
+    document = _interpolate_each(dict(raw), "", environ, env_sources, found, unresolved)
+    later = Problems(skip=unresolved)  # an unreadable value was reported once already
+    engine = _engine_sections(document, later)
+    with later.collect():  # the OTEL_* variables too, reported with the rest
+        resolve_settings(engine["telemetry"], environ)
+    components = _component_sections(document, later)
+    plugin_settings = None
+    with later.collect():
         plugin_settings = _plugin_settings(document, base_dir, environ)
-    except ConfigError as exc:
-        raise _explain(exc, env_sources) from None
+    for error in later.found:
+        found.add(_explain(error, env_sources))
+    if found and (not defer_errors or components is None or plugin_settings is None):
+        found.raise_found()
+    assert components is not None and plugin_settings is not None
     return PipelineConfig(path=path, base_dir=base_dir, plugin_settings=plugin_settings,
-                          env_sources=env_sources, **engine, **components)
+                          env_sources=env_sources, problems=tuple(found.found),
+                          unresolved=frozenset(unresolved), **engine, **components)

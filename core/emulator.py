@@ -1,6 +1,10 @@
 """A local SQS + S3 emulator (moto's server) on loopback, for ``make run`` and the tests.
 
-    python -m sqs_processor.emulator [--host 127.0.0.1] [--port 4566]
+    python -m sqs_processor.emulator [--host 127.0.0.1] [--port 4566] [--quiet]
+    make emulator
+
+The first line it prints is ``emulator listening on http://HOST:PORT``; then (unless
+``--quiet``) the ``export`` lines that point boto3, the AWS CLI and local mode at it.
 
 It speaks the real AWS HTTP protocols, so boto3 and the AWS CLI reach it unchanged with
 ``--endpoint-url http://127.0.0.1:4566`` (any credentials). It needs the ``local`` extra
@@ -18,6 +22,7 @@ import argparse
 import functools
 import logging
 import signal
+import socket
 import sys
 import threading
 
@@ -39,6 +44,21 @@ def serialise_moto_deletes() -> None:
     models.Queue.delete_message = delete_message
 
 
+def _check_free(host: str, port: int) -> None:
+    """Fail at once when the port is taken: moto's server thread would exit and leave
+    ``start()`` waiting forever."""
+    if port == 0:
+        return
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise SystemExit(f"the emulator cannot listen on {host}:{port}: "
+                             f"{exc.strerror or exc}; is one already running there? "
+                             "(--port picks another)") from None
+
+
 def start(host: str = "127.0.0.1", port: int = 4566):  # type: ignore[no-untyped-def]
     """Start the emulator in a thread of this process; returns the moto ThreadedMotoServer."""
     try:
@@ -47,21 +67,38 @@ def start(host: str = "127.0.0.1", port: int = 4566):  # type: ignore[no-untyped
         raise SystemExit("the emulator needs moto's server: pip install 'sqs-processor[local]' "
                          f"({exc})") from None
     serialise_moto_deletes()
+    _check_free(host, port)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
     return server
+
+
+def exports(url: str, region: str = "us-east-1") -> str:
+    """The shell lines that point boto3, the AWS CLI and local mode at the emulator."""
+    return "\n".join([
+        "Point boto3 and the AWS CLI at it (the emulator accepts any credentials):",
+        f"  export AWS_ENDPOINT_URL={url}",
+        f"  export AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DEFAULT_REGION={region}",
+        "and local mode (`make run`, `python -m sqs_processor.local`) at it, instead of its own:",
+        f"  export LOCAL_ENDPOINT_URL={url}",
+        "Stop: Ctrl-C",
+    ])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sqs_processor.emulator",
                                      description="Local SQS + S3 emulator on loopback.")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=4566)
+    parser.add_argument("--port", type=int, default=4566, help="0 picks a free port")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print only the endpoint line, not the exports")
     args = parser.parse_args(argv)
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
     server = start(args.host, args.port)
     host, port = server.get_host_and_port()
     print(f"emulator listening on http://{host}:{port}", flush=True)
+    if not args.quiet:
+        print(exports(f"http://{host}:{port}"), flush=True)
     stopped = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())

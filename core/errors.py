@@ -11,8 +11,10 @@ Two families matter:
 
 from __future__ import annotations
 
+import contextlib
 import re
 import traceback
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -79,6 +81,82 @@ class ConfigError(Exception):
             parts.append(f" [{self.plugin}]")
         # Keys and problems can quote user text; control characters must not break the line.
         return escape("".join(parts))
+
+
+class ConfigErrors(ConfigError):
+    """Several configuration problems found in one pass; ``errors`` holds each one.
+
+    It is a :class:`ConfigError` (its key and problem are the first one's), so code that
+    catches one error catches several; the CLI prints each on a line of its own, and ``str()``
+    joins them with ``"; "`` for a single log line.
+    """
+
+    def __init__(self, errors: Iterable[ConfigError]) -> None:
+        flat: list[ConfigError] = []
+        for error in errors:
+            for one in error.errors if isinstance(error, ConfigErrors) else (error,):
+                if str(one) not in {str(seen) for seen in flat}:
+                    flat.append(one)
+        if not flat:
+            raise ValueError("ConfigErrors needs at least one error")
+        self.errors = tuple(flat)
+        first = flat[0]
+        super().__init__(first.key, first.problem, value=first.value, expected=first.expected,
+                         env=first.env, plugin=first.plugin)
+
+    def with_env(self, env: tuple[str, ...]) -> ConfigError:
+        return ConfigErrors(e.with_env(env) for e in self.errors)
+
+    def with_plugin(self, plugin: str) -> ConfigError:
+        return ConfigErrors(e if e.plugin else e.with_plugin(plugin) for e in self.errors)
+
+    def __str__(self) -> str:
+        errors = getattr(self, "errors", ())
+        return "; ".join(str(e) for e in errors) if errors else super().__str__()
+
+
+def each_error(error: ConfigError) -> tuple[ConfigError, ...]:
+    """The single problems in ``error``: itself, or each of a :class:`ConfigErrors`."""
+    return error.errors if isinstance(error, ConfigErrors) else (error,)
+
+
+class Unresolved(str):
+    """A string whose ``${VAR}`` could not be replaced, kept as written while the rest of the
+    config is checked; a problem about this value only repeats the missing variable's."""
+
+
+class Problems:
+    """Collects configuration problems so that one run reports them all.
+
+    ``with problems.collect(): ...`` records a :class:`ConfigError` raised in the block and
+    carries on; :meth:`raise_found` raises what was collected (one error as itself, several as
+    :class:`ConfigErrors`), leaving out problems at the ``skip`` keys (keys whose value could
+    not be read at all) and about an :class:`Unresolved` value: they would say nothing new.
+    """
+
+    def __init__(self, skip: Iterable[str] = ()) -> None:
+        self.found: list[ConfigError] = []
+        self.skip = set(skip)
+
+    def add(self, error: ConfigError) -> None:
+        self.found.extend(e for e in each_error(error) if e.key not in self.skip
+                          and not isinstance(e.value, Unresolved))
+
+    @contextlib.contextmanager
+    def collect(self) -> Iterator[None]:
+        try:
+            yield
+        except ConfigError as exc:
+            self.add(exc)
+
+    def __bool__(self) -> bool:
+        return bool(self.found)
+
+    def raise_found(self) -> None:
+        if len(self.found) == 1:
+            raise self.found[0]
+        if self.found:
+            raise ConfigErrors(self.found)
 
 
 class MessageError(Exception):

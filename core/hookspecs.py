@@ -18,9 +18,9 @@ another's.
 
 Implement a hook by writing a function with the hook's name, marked ``@hookimpl``, taking any
 subset of the listed arguments by name. Hook wrappers (``wrapper=True``) are rejected: the engine
-calls each implementation on its own, so that one plugin's exception never hides another's. Give
-the arguments no default values: pluggy does not pass defaults, and the function would silently
-keep its own.
+calls each implementation on its own, so that one plugin's exception never hides another's. An
+implementation whose arguments have default values is refused when it registers (pluggy versions
+differ on whether they pass a defaulted argument, so its value would depend on the install).
 
 Each example below is complete: save it as a ``.py`` file in a directory listed under
 ``plugins.paths`` in the pipeline YAML and it is loaded.

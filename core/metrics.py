@@ -14,6 +14,11 @@ from opentelemetry.sdk.metrics import MeterProvider
 from sqs_processor.telemetry_settings import package_version
 
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+PROCESSED_OUTCOMES = ("written", "existing", "dropped")
+POLL_OUTCOMES = ("messages", "empty", "error")
+EXTENSION_OUTCOMES = ("ok", "failed")
+RELOAD_OUTCOMES = ("ok", "rejected")
+
 AGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
                86400.0, 345600.0, 1209600.0)
 
@@ -93,6 +98,34 @@ class Metrics:
             "sqs_processor_message_age_at_write_seconds", unit="s",
             description="Time from the message's SentTimestamp to its write (end-to-end lag).",
             explicit_bucket_boundaries_advisory=AGE_BUCKETS)
+
+    def zero(self, queue: str, stages: Iterable[str], processed: Iterable[Any]) -> None:
+        """Export every counter from start-up, at 0 for each label set known in advance.
+
+        ``rate()`` and ``increase()`` then work from the first scrape, and an alert on a
+        failure counter reads 0, not "no data", on a healthy processor. Known in advance: the
+        queue, the outcomes, and the pipeline's stages (``transform:<name>``, ``sink:<type>``).
+        An ``error_type`` is not known before its first failure: those counters start with one
+        series per stage without it. ``processed`` holds the label mappings the settlement
+        records outcomes with. Adding 0 changes no value, so calling this again (a reload) is
+        harmless.
+        """
+        labels = {"queue": queue}
+        for counter in (self.received, self.deleted, self.redelivered, self.released):
+            counter.add(0, labels)
+        for outcome_labels in processed:
+            self.processed.add(0, outcome_labels)
+        for outcome in POLL_OUTCOMES:
+            self.polls.add(0, {**labels, "outcome": outcome})
+        for stage in stages:
+            for counter in (self.failed, self.system_failures, self.error_sink):
+                counter.add(0, {"stage": stage})
+        for outcome in EXTENSION_OUTCOMES:
+            self.extensions.add(0, {"outcome": outcome})
+        for outcome in RELOAD_OUTCOMES:
+            self.reloads.add(0, {"outcome": outcome})
+        for counter in (self.ack_failed, self.objects_written, self.objects_existing):
+            counter.add(0)
 
     def prometheus_names(self) -> set[str]:
         """The series names /metrics uses for these instruments (counters end in _total)."""

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sqs_processor.errors import ConfigError
+from sqs_processor.errors import ConfigError, Problems
 
 
 class _Required:
@@ -232,10 +232,16 @@ def check_field_name(name: Any, key: str) -> str:
     return name
 
 
+def closest(name: str, candidates: Iterable[str]) -> str | None:
+    """The candidate ``name`` is most likely a misspelling of, if any is close."""
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
 def suggest(name: str, candidates: Iterable[str]) -> str:
     """A "did you mean" hint for a misspelled name, or an empty string."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    close = closest(name, candidates)
+    return f"; did you mean {close!r}?" if close else ""
 
 
 def validate_options(
@@ -249,26 +255,32 @@ def validate_options(
 
     ``where`` is the dotted path of the block (``sink``, ``transforms[1]``), used in errors.
     ``reserved`` are keys the engine itself reads (``type``), which are skipped here. Returns
-    every declared option with defaults filled in.
+    every declared option with defaults filled in; raises every problem of the block at once
+    (:class:`~sqs_processor.errors.ConfigErrors` when there are several).
     """
     declared = {option.name: option for option in options}
     raw = raw or {}
     skip = set(reserved)
+    problems = Problems()
+    meant: set[str] = set()  # options a misspelled key stands for: not "required" as well
     for name in raw:
         if name in skip or name in declared:
             continue
         known = sorted(declared)
         hint = suggest(str(name), known)
+        meant.add(closest(str(name), known) or "")
         if not hint:
             hint = "; known options: " + ", ".join(known) if known else "; it takes no options"
-        raise ConfigError(f"{where}.{name}", f"is not an option of this component{hint}")
+        problems.add(ConfigError(f"{where}.{name}", f"is not an option of this component{hint}"))
     result: dict[str, Any] = {}
     for name, option in declared.items():
         key = f"{where}.{name}"
         if name in raw:
-            result[name] = option.convert(raw[name], key)
-        elif option.required:
-            raise ConfigError(key, "is required", expected=option.expected())
+            with problems.collect():
+                result[name] = option.convert(raw[name], key)
+        elif option.required and name not in meant:
+            problems.add(ConfigError(key, "is required", expected=option.expected()))
         else:  # a copy: a factory that changes a list or mapping default changes only its own
             result[name] = copy.deepcopy(option.default)
+    problems.raise_found()  # every problem of the block at once
     return result

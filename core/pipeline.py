@@ -12,9 +12,10 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -22,7 +23,7 @@ import boto3
 from sqs_processor.aws import AwsClients
 from sqs_processor.components import Acker, BatchedSink, Sink, Source, Transform
 from sqs_processor.config import ComponentConfig, PipelineConfig
-from sqs_processor.errors import ConfigError, describe_error
+from sqs_processor.errors import ConfigError, ConfigErrors, Problems, describe_error
 from sqs_processor.manager import PluginManager, Registration
 from sqs_processor.options import validate_options
 from sqs_processor.process import Step
@@ -195,9 +196,10 @@ def _build(
         built = component.spec.factory(options, context)
     except ConfigError as exc:
         error = config.explain(exc)
-        if component.provider.origin != "built-in" and not error.plugin:
+        if component.provider.origin != "built-in":
             error = error.with_plugin(f"{component.kind} {component.name!r} from "
-                                      f"{component.provider}")
+                                      f"{component.provider}") if not error.plugin or \
+                isinstance(error, ConfigErrors) else error
         raise error from None
     except Exception as exc:
         raise ConfigError(block.where, f"{component.kind} {component.name!r} from "
@@ -233,11 +235,57 @@ def _error_sink_block(config: PipelineConfig, component: Registration) -> Compon
     return ComponentConfig(type=component.name, options=options, where="errors.sink")
 
 
-def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
-    """Resolve and build every component the config names. Raises ConfigError."""
+def _check_limits(config: PipelineConfig, source: Source, sink: Sink) -> None:
+    """``service.max_in_flight`` must hold one receive and one batch of the sink."""
     service = config.service
+    if isinstance(sink, BatchedSink) and service["max_in_flight"] < sink.batch_policy.max_records:
+        max_records = sink.batch_policy.max_records
+        raise config.explain(ConfigError(
+            "service.max_in_flight", "is smaller than the sink's batch", value=service[
+                "max_in_flight"], expected=f"at least batch.max_records ({max_records}), or "
+                                           "batches only ever flush by age"))
+    batch = int(source.max_batch)
+    if service["max_in_flight"] < batch:
+        raise config.explain(ConfigError(
+            "service.max_in_flight", "is smaller than one receive", value=service["max_in_flight"],
+            expected=f"at least the source's batch size ({batch})"))
+
+
+def _build_error_sink(config: PipelineConfig, plugins: PluginManager,
+                      build: Callable[[str, ComponentConfig], Any]) -> Sink | None:
+    errors = config.errors
+    if errors["sink"] == "none":
+        return None
+    block = _error_sink_block(config, plugins.get("sink", errors["sink"], "errors.sink"))
+    if block.type == config.sink.type and block.options.get("prefix") == \
+            config.sink.options.get("prefix", block.options.get("prefix")):
+        raise config.explain(ConfigError(
+            "errors.prefix", "is the main sink's prefix, so error objects would take the "
+            "keys of archived messages", value=block.options.get("prefix"),
+            expected="a different prefix, e.g. errors/"))
+    error_sink = build("sink", block)
+    if isinstance(error_sink, BatchedSink):
+        raise config.explain(ConfigError(
+            "errors.sink", "is a batched sink; error objects are written one per message",
+            value=block.type, expected="a sink without batching (drop errors.options.batch)"))
+    return error_sink
+
+
+def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
+    """Resolve and build every component the config names.
+
+    Every component is built even after one failed, so that one run reports every problem
+    (with those the config carries from ``load_config(defer_errors=True)``); raises
+    :class:`ConfigError`, :class:`~sqs_processor.errors.ConfigErrors` for several.
+    """
+    problems = Problems(skip=config.unresolved)
+    problems.found.extend(config.problems)
+    service = config.service
+    region = "us-east-1"  # stands in while problems are collected; nothing connects here
+    with problems.collect():
+        region = _resolve_region(config)
     aws = AwsClients(
-        region=_resolve_region(config),
+        region=region,
         endpoint_url=config.aws["endpoint_url"],
         # Every thread that can call AWS at once: workers, pollers, ackers, the heartbeat and a
         # batch flusher.
@@ -253,43 +301,39 @@ def build_pipeline(config: PipelineConfig, plugins: PluginManager) -> Pipeline:
         used[block.where] = component
         return _build(component, block, config, aws)
 
-    source: Source = build("source", config.source)
-    transforms = [(block.type, build("transform", block)) for block in config.transforms]
-    sink: Sink = build("sink", config.sink)
-    acker: Acker = build("acker", config.ack)
+    blocks = [("source", config.source), *(("transform", b) for b in config.transforms),
+              ("sink", config.sink), ("acker", config.ack)]
+    built: dict[str, Any] = {}
+    for kind, block in blocks:
+        with problems.collect():
+            built[block.where] = build(kind, block)
     error_sink = None
-    errors = config.errors
-    if errors["sink"] != "none":
-        block = _error_sink_block(config, plugins.get("sink", errors["sink"], "errors.sink"))
-        if block.type == config.sink.type and block.options.get("prefix") == \
-                config.sink.options.get("prefix", block.options.get("prefix")):
-            raise config.explain(ConfigError(
-                "errors.prefix", "is the main sink's prefix, so error objects would take the "
-                "keys of archived messages", value=block.options.get("prefix"),
-                expected="a different prefix, e.g. errors/"))
-        error_sink = build("sink", block)
-        if isinstance(error_sink, BatchedSink):
-            raise config.explain(ConfigError(
-                "errors.sink", "is a batched sink; error objects are written one per message",
-                value=block.type, expected="a sink without batching (drop errors.options.batch)"))
-
-    if isinstance(sink, BatchedSink) and service["max_in_flight"] < sink.batch_policy.max_records:
-        max_records = sink.batch_policy.max_records
-        raise config.explain(ConfigError(
-            "service.max_in_flight", "is smaller than the sink's batch", value=service[
-                "max_in_flight"], expected=f"at least batch.max_records ({max_records}), or "
-                                           "batches only ever flush by age"))
-    batch = int(source.max_batch)
-    if service["max_in_flight"] < batch:
-        raise config.explain(ConfigError(
-            "service.max_in_flight", "is smaller than one receive", value=service["max_in_flight"],
-            expected=f"at least the source's batch size ({batch})"))
-
-    pipeline = Pipeline(config=config, plugins=plugins, aws=aws, source=source,
-                        transforms=transforms, sink=sink, acker=acker, used=used,
-                        error_sink=error_sink)
+    with problems.collect():
+        error_sink = _build_error_sink(config, plugins, build)
+    if "source" in built and "sink" in built:
+        with problems.collect():
+            _check_limits(config, built["source"], built["sink"])
+    problems.raise_found()
+    pipeline = Pipeline(config=config, plugins=plugins, aws=aws, source=built["source"],
+                        transforms=[(b.type, built[b.where]) for b in config.transforms],
+                        sink=built["sink"], acker=built["ack"], used=used, error_sink=error_sink)
     pipeline.health_checks = plugins.health_checks(pipeline)
     return pipeline
+
+
+def load_pipeline(path: Path | None = None,
+                  environ: Mapping[str, str] | None = None) -> Pipeline:
+    """Read, check and build the pipeline file at ``path`` (the default when None), reporting
+    every problem found in one :class:`ConfigError` (``ConfigErrors`` for several)."""
+    from sqs_processor.config import load_config
+    from sqs_processor.loaders import build_plugin_manager
+
+    config = load_config(path, environ, defer_errors=True)
+    try:
+        manager = build_plugin_manager(config.plugin_settings)
+    except ConfigError as exc:
+        raise (ConfigErrors([*config.problems, exc]) if config.problems else exc) from None
+    return build_pipeline(config, manager)
 
 
 def close_pipeline(pipeline: Pipeline) -> None:

@@ -98,8 +98,13 @@ class _Running:
                 return self.exit_code if self.exit_code is not None else 1
         return None
 
-    def stop(self) -> int:
-        self.runner.stop()
+    def stop(self, *, draining: bool = False) -> int:
+        """Stop the runner: the process is shutting down, or (``draining``) a reload replaced
+        it, which its log then says."""
+        if draining:
+            self.runner.drain()
+        else:
+            self.runner.stop()
         self.thread.join()
         return self.exit_code if self.exit_code is not None else 0
 
@@ -211,7 +216,7 @@ class Supervisor:
             return self._rejected(f"the new pipeline could not start (exit code {code})",
                                   watched)
         self._current = new  # health, metrics and signals now follow the new runner
-        old.stop()  # finishes or releases its in-flight messages and flushes its deletes
+        old.stop(draining=True)  # finishes or releases its in-flight messages, flushes deletes
         if self._watch:
             self._fingerprint = fingerprint(watched_paths(pipeline))
         self.telemetry.metrics.reloads.add(1, {"outcome": "ok"})

@@ -126,15 +126,12 @@ def assemble(pipeline: Pipeline, telemetry: Telemetry, *, threaded: bool,
                  poller, batches)
 
 
-def zero_series(metrics: Metrics, queue: str) -> None:
-    """Series that exist from the start, so a rate over them is defined before traffic."""
-    labels = {"queue": queue}
-    for counter in (metrics.received, metrics.deleted, metrics.redelivered, metrics.released):
-        counter.add(0, labels)
-    for outcome in OUTCOME_LABELS.values():
-        metrics.processed.add(0, outcome)
-    metrics.objects_written.add(0)
-    metrics.objects_existing.add(0)
+def zero_series(metrics: Metrics, pipeline: Pipeline, queue: str) -> None:
+    """Every counter at 0 from the start, for the queue, the outcomes and the pipeline's stages
+    (:meth:`Metrics.zero`), so a rate over them is defined before traffic."""
+    stages = [f"transform:{name}" for name, _ in pipeline.transforms]
+    stages.append(f"sink:{pipeline.config.sink.type}")
+    metrics.zero(queue, dict.fromkeys(stages), OUTCOME_LABELS.values())
 
 
 class Runner:
@@ -156,12 +153,19 @@ class Runner:
         self._stop = threading.Event()
         self._abandon = threading.Event()
         self._started = threading.Event()
+        self._draining = False
 
     # -- control -------------------------------------------------------------------------------
 
     def stop(self) -> None:
         """Ask the runner to shut down gracefully. Safe from any thread or a signal handler
         (takes no lock; the threads notice within their wait interval)."""
+        self._stop.set()
+
+    def drain(self) -> None:
+        """Stop as :meth:`stop` does, for a reload: the same steps, logged as draining the
+        previous pipeline (``draining``, ``drained``), not as the process shutting down."""
+        self._draining = True
         self._stop.set()
 
     @property
@@ -235,7 +239,7 @@ class Runner:
         units = self.units = assemble(pipeline, telemetry, threaded=True, stop=self._stop,
                                       abandon=self._abandon, visibility=visibility)
         telemetry.metrics.gauge("in_flight", lambda: len(units.inflight))
-        zero_series(telemetry.metrics, units.tracing.queue)
+        zero_series(telemetry.metrics, pipeline, units.tracing.queue)
         units.acks.start()
         if units.batches is not None:
             units.batches.batcher.start()
@@ -273,8 +277,13 @@ class Runner:
         assert units is not None
         self.state = "stopping"
         deadline = time.monotonic() + self.grace_seconds
-        log.info("stopping: finishing in-flight messages for up to %gs", self.grace_seconds,
-                 extra={"event": "stopping", "in_flight": len(units.inflight)})
+        if self._draining:
+            log.info("draining the previous pipeline: finishing its in-flight messages for up "
+                     "to %gs", self.grace_seconds,
+                     extra={"event": "draining", "in_flight": len(units.inflight)})
+        else:
+            log.info("stopping: finishing in-flight messages for up to %gs", self.grace_seconds,
+                     extra={"event": "stopping", "in_flight": len(units.inflight)})
         units.retries.cancel_all()  # 3 (first): held by a system pause: released now
         units.poller.join(deadline)  # 1
         if units.batches is not None:
@@ -294,5 +303,7 @@ class Runner:
         close_pipeline(self.pipeline)
         units.settlement.summary.flush()  # the last interval's counts, before the totals
         stats = self.pipeline.stats.snapshot()
-        log.info("stopped: %d processed, %d failed, %d released", stats["processed"],
-                 stats["failed"], stats["released"], extra={"event": "stopped", **stats})
+        what, event = ("previous pipeline drained", "drained") if self._draining else (
+            "stopped", "stopped")
+        log.info("%s: %d processed, %d failed, %d released", what, stats["processed"],
+                 stats["failed"], stats["released"], extra={"event": event, **stats})

@@ -170,6 +170,67 @@ def test_run_with_a_config_error_contacts_no_credential_service(tmp_path, tripwi
     assert tripwire.close() == 0
 
 
+def config_errors(result: subprocess.CompletedProcess[str]) -> list[str]:
+    """Exit code 2, no traceback, nothing on stdout; the problems, one per stderr line."""
+    assert "Traceback" not in result.stderr + result.stdout, result.stderr
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert all(line.startswith(PREFIX) for line in lines), lines
+    return [line.removeprefix(PREFIX) for line in lines]
+
+
+def test_validate_reports_every_missing_variable_in_one_run(tripwire):
+    env = child_env(tripwire, SQS_QUEUE_URL=None, S3_BUCKET_NAME=None)
+    for command in ("validate", "run"):
+        assert config_errors(cli([command], env)) == [
+            "source.queue_url: needs environment variable SQS_QUEUE_URL, which is not set",
+            "sink.bucket: needs environment variable S3_BUCKET_NAME, which is not set"]
+    assert tripwire.close() == 0
+
+
+MANY_PROBLEMS = f"""\
+servise: {{workers: 2}}
+service: {{workers: 0, heartbeat: maybe}}
+aws: {{region: nowhere, endpoint_url: "${{NO_SUCH_ENDPOINT}}"}}
+source: {{type: sqs, queue_url: "{QUEUE}", max_messages: 11}}
+transforms: [json_parse, {{type: enrich, ad: {{x: 1}}}}, nosuch]
+sink: {{type: s3, bukcet: {BUCKET}, prefix: "${{NO_SUCH_PREFIX}}"}}
+ack: {{type: sqs_delete}}
+"""
+
+
+def test_validate_reports_every_problem_of_a_config_at_once_one_line_each(tmp_path, tripwire):
+    path = tmp_path / "many.yaml"
+    path.write_text(MANY_PROBLEMS, encoding="utf-8")
+    env = child_env(tripwire, OTEL_EXPORTER_OTLP_PROTOCOL="carrier-pigeon")
+    problems = config_errors(cli(["validate", "--config", str(path)], env))
+    assert sorted(problems) == sorted([
+        "servise: is not a section of the pipeline config; did you mean 'service'?",
+        "aws.endpoint_url: needs environment variable NO_SUCH_ENDPOINT, which is not set",
+        "sink.prefix: needs environment variable NO_SUCH_PREFIX, which is not set",
+        "service.workers: 0 is out of range; expected an integer from 1 to 256",
+        "service.heartbeat: 'maybe' has the wrong type; expected true or false",
+        "aws.region: 'nowhere' is not an AWS region name; expected e.g. us-west-1",
+        "source.max_messages: 11 is out of range; expected an integer from 1 to 10",
+        "transforms[1].ad: is not an option of this component; did you mean 'add'?",
+        "transforms[2].type: 'nosuch' is not a known transform; did you mean 'enrich'? "
+        "(known transforms: enrich, json_parse)",
+        # The misspelled key stands for the required bucket: one line, not a second "required".
+        "sink.bukcet: is not an option of this component; did you mean 'bucket'?",
+        "telemetry.protocol: 'carrier-pigeon' is not a supported OTLP protocol; expected "
+        "http/protobuf or grpc (from $OTEL_EXPORTER_OTLP_PROTOCOL)",
+    ])
+    # Fixed one by one, each problem goes away on its own: the rest are still reported.
+    fixed = MANY_PROBLEMS.replace("servise: {workers: 2}\n", "").replace("max_messages: 11",
+                                                                       "max_messages: 10")
+    path.write_text(fixed, encoding="utf-8")
+    again = config_errors(cli(["validate", "--config", str(path)], env))
+    assert len(again) == len(problems) - 2
+    assert set(again) < set(problems)
+    assert tripwire.close() == 0
+
+
 def test_a_missing_config_file_exits_2_naming_it(tmp_path, tripwire):
     missing = tmp_path / "nowhere.yaml"
     result = cli(["validate", "--config", str(missing)], child_env(tripwire))
@@ -269,7 +330,20 @@ def test_plugins_describe_an_unknown_name_suggests_the_closest(tripwire):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr.splitlines() == [
-        "sqs-processor: no component is named 'json_pars'; did you mean 'json_parse'?"]
+        "sqs-processor: no component is named 'json_pars'; did you mean 'json_parse'?; "
+        f"components: {BUILTIN_COMPONENTS}"]
+
+
+BUILTIN_COMPONENTS = ("enrich (transform), json_parse (transform), s3 (sink), sqs (source), "
+                      "sqs_delete (acker)")
+
+
+def test_plugins_describe_a_name_like_nothing_lists_what_exists_without_a_guess(tripwire):
+    result = cli(["plugins", "--describe", "nosuch"], child_env(tripwire))
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == [
+        f"sqs-processor: no component is named 'nosuch'; components: {BUILTIN_COMPONENTS}"]
 
 
 def test_plugins_describe_says_when_the_plugin_was_blocked(tripwire):
@@ -277,5 +351,6 @@ def test_plugins_describe_says_when_the_plugin_was_blocked(tripwire):
     result = cli(["plugins", "--describe", "s3"], env)
     assert result.returncode == 2
     assert result.stderr.splitlines() == [
-        "sqs-processor: no component is named 's3'; plugins not loaded: built-in "
+        "sqs-processor: no component is named 's3'; components: enrich (transform), "
+        "json_parse (transform), sqs (source), sqs_delete (acker); plugins not loaded: built-in "
         "sqs_processor.plugins.s3_sink (blocked by $SQS_PROCESSOR_PLUGINS_BLOCK entry 's3_sink')"]

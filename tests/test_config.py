@@ -811,3 +811,53 @@ def test_errors_about_names_with_newlines_stay_on_one_line(tmp_path, extra):
 def test_a_trailing_line_break_does_not_pass_the_region_check(tmp_path):
     text = MINIMAL.replace(f"region: {REGION}", 'region: "us-west-1\\n"')
     assert text_error(tmp_path, text).key == "aws.region"
+
+
+# --------------------------------------------------------------------------------------------
+# Every problem at once
+# --------------------------------------------------------------------------------------------
+
+
+def test_every_missing_variable_is_one_error_of_one_load():
+    from sqs_processor.errors import ConfigErrors
+
+    with pytest.raises(ConfigErrors) as caught:
+        load_config(None, environ={})
+    assert [e.key for e in caught.value.errors] == ["source.queue_url", "sink.bucket"]
+    assert isinstance(caught.value, ConfigError)  # whoever catches one error catches them all
+    assert str(caught.value) == (  # one line for a log (a rejected reload)
+        "source.queue_url: needs environment variable SQS_QUEUE_URL, which is not set; "
+        "sink.bucket: needs environment variable S3_BUCKET_NAME, which is not set")
+
+
+def test_a_single_problem_is_still_a_plain_config_error(tmp_path: Path):
+    from sqs_processor.errors import ConfigErrors
+
+    config = pipeline_config("https://sqs.us-west-1.amazonaws.com/123456789012/q", "bucket-1")
+    config["service"] = {"workers": 0}
+    with pytest.raises(ConfigError) as caught:
+        load_config(write_config(tmp_path, config))
+    assert not isinstance(caught.value, ConfigErrors)
+    assert caught.value.key == "service.workers"
+
+
+def test_deferred_problems_are_reported_with_the_components_own(tmp_path: Path):
+    from sqs_processor.errors import ConfigErrors
+    from sqs_processor.pipeline import load_pipeline
+
+    config = pipeline_config("https://sqs.us-west-1.amazonaws.com/123456789012/q", "${BUCKET}")
+    config["service"] = {"pollers": 0}
+    config["source"]["max_messages"] = 0
+    config["aws"] = {"region": "us-west-1"}
+    path = write_config(tmp_path, config)
+    deferred = load_config(path, environ={}, defer_errors=True)
+    assert [e.key for e in deferred.problems] == ["sink.bucket", "service.pollers"]
+    assert deferred.unresolved == {"sink.bucket"}
+    with pytest.raises(ConfigErrors) as caught:
+        build_pipeline(deferred, build_plugin_manager(deferred.plugin_settings))
+    # The sink's own checks of the unreadable bucket are not repeated; the source's are added.
+    assert [e.key for e in caught.value.errors] == ["sink.bucket", "service.pollers",
+                                                     "source.max_messages"]
+    with pytest.raises(ConfigErrors) as again:
+        load_pipeline(path, environ={})
+    assert [str(e) for e in again.value.errors] == [str(e) for e in caught.value.errors]

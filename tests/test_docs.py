@@ -171,7 +171,7 @@ def guide(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_every_code_block_of_the_guide_is_a_named_file():
     assert set(_guide_files()) == {"plugins/tenant.py", "pipeline.yaml", "test_tenant.py",
-                                   "configmap.yaml", "pyproject.toml"}
+                                   "configmap.yaml", "pyproject.toml", "try-it-locally.sh"}
 
 
 def test_the_guides_example_test_file_passes_as_written(guide: Path):
@@ -236,3 +236,54 @@ def test_the_guides_entry_point_declaration_registers_the_plugin(guide: Path, tm
     provider = re.search(r"lists `tenant` with its provider, `(.*?)`\.",
                          GUIDE.read_text(), flags=re.S).group(1)
     assert " ".join(provider.split()) in row
+
+
+def test_the_guides_try_it_locally_steps_work_as_written(guide: Path, emulator: str):
+    """The three commands of "Try it locally", run from the guide's folder against the
+    session's emulator (``LOCAL_ENDPOINT_URL``): the samples are dropped, the tenant's message
+    is stored with its tenant."""
+    import json
+    import shlex
+    import signal
+    import threading
+    import uuid
+
+    script = (guide / "try-it-locally.sh").read_text().splitlines()
+    commands = [shlex.split(line, comments=True) for line in script
+                if line.startswith("python -m ")]
+    assert [c[:4] for c in commands] == [["python", "-m", "sqs_processor.local", verb]
+                                         for verb in ("run", "send", "list")]
+    run, send, listing = ([sys.executable, *c[1:]] for c in commands)
+    name = f"guide-{uuid.uuid4().hex[:10]}"
+    env = {k: v for k, v in cli_env({}).items() if not k.startswith(("AWS_", "SQS_PROCESSOR"))}
+    env.update(LOCAL_ENDPOINT_URL=emulator, SQS_QUEUE_URL=f"{emulator}/123456789012/{name}",
+               S3_BUCKET_NAME=name, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+    process = subprocess.Popen(run, cwd=guide, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: sum("dropped by transform tenant" in line for line in lines) == 3
+                 or process.poll() is not None, timeout=90, message="the samples dropped")
+        assert process.poll() is None, "".join(lines[-30:])
+        sent = subprocess.run(send, cwd=guide, env=env, capture_output=True, text=True,
+                              timeout=60)
+        assert sent.returncode == 0, sent.stderr
+
+        def stored() -> list[dict]:
+            shown = subprocess.run(listing, cwd=guide, env=env, capture_output=True, text=True,
+                                   timeout=60)
+            assert shown.returncode == 0, shown.stderr
+            return [json.loads(line) for line in shown.stdout.splitlines()
+                    if line.startswith("  {")]
+
+        [document] = wait_for(stored, timeout=60, message="the tenant's message stored")
+        assert document["tenant"] == "acme"
+        assert document["parsed_body"] == {"order": 7}
+        process.send_signal(signal.SIGINT)
+        assert process.wait(60) == 0, "".join(lines[-30:])
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -23,6 +23,7 @@ def test_wheel_holds_sqs_processor_only_and_the_default_config_is_found(tmp_path
     top_level = {name.split("/")[0] for name in names if not name.startswith("sqs_processor-")}
     assert top_level == {"sqs_processor"}  # nothing called core/ or plugins/ is installed
     for expected in ("sqs_processor/configs/default.yaml", "sqs_processor/configs/local.yaml",
+                     "sqs_processor/configs/pipeline.schema.json",
                      "sqs_processor/plugins/s3_sink.py", "sqs_processor/hookspecs.py",
                      "sqs_processor/testing.py", "sqs_processor/pytest_plugin.py",
                      "sqs_processor/configs/examples/redact.yaml",

@@ -19,8 +19,8 @@ from typing import Any
 
 import yaml
 from helpers.otlp import parse_prometheus
+from helpers.processes import ChildProcess as Process
 from helpers.support import cli_env, pipeline_config, queue_counts, stored_objects, wait_for
-from test_cli_run import Process
 
 STAMP = '''
 from sqs_processor import TransformSpec, hookimpl
@@ -157,8 +157,9 @@ def test_configmap_swaps_reload_without_loss_duplicates_or_unreadiness(
             # 3. A plugin file that does not import: rejected too.
             mount.publish({"pipeline.yaml": _config(queue_url, bucket, "v4"),
                            "stamp.py": "this is not python\n"})
-            rejected = process.wait_event("reload_rejected", timeout=20)
-            assert "stamp" in rejected["message"]
+            wait_for(lambda: len(process.events("reload_rejected")) == 2, timeout=20,
+                     message="the second rejection")
+            assert "stamp" in process.events("reload_rejected")[1]["message"]
             feeder.join()
             wait_for(lambda: len(stored_objects(s3, bucket)) >= len(feeder.sent), timeout=60,
                      message="every message stored")
@@ -168,7 +169,7 @@ def test_configmap_swaps_reload_without_loss_duplicates_or_unreadiness(
         process.proc.send_signal(signal.SIGTERM)
         assert process.finish() == 0
     finally:
-        process.kill()
+        process.stop()
 
     documents = _check_exactly_once(s3, bucket, feeder.sent)
     versions = {doc["version"] for doc in documents.values()}
@@ -199,12 +200,21 @@ def test_sighup_reloads_when_watching_is_off(tmp_path, aws_env, sqs, s3, queue_u
         assert not any('"reload_started"' in line for line in process.lines)
         process.proc.send_signal(signal.SIGHUP)
         assert process.wait_event("reloaded", timeout=20)["outcome"] == "ok"
+        # The previous pipeline drains in words that cannot be read as the process stopping.
+        draining = process.wait_event("draining", timeout=20)["message"]
+        assert draining.startswith("draining the previous pipeline: finishing its in-flight")
+        assert process.wait_event("drained", timeout=30)["message"].startswith(
+            "previous pipeline drained: ")
+        assert process.wait_event("reload_started")["message"].startswith("reloading ")
+        assert not process.events("stopping") and not process.events("stopped")
+        assert not any("stopping: finishing in-flight" in line for line in process.lines)
         second = sqs.send_message(QueueUrl=queue_url, MessageBody='{"second": 2}')["MessageId"]
         wait_for(lambda: len(stored_objects(s3, bucket)) == 2)
         process.proc.send_signal(signal.SIGTERM)
         assert process.finish() == 0
+        assert len(process.events("stopping")) == 1  # the real shutdown keeps its words
     finally:
-        process.kill()
+        process.stop()
     documents = {d["message_id"]: d for d in stored_objects(s3, bucket).values()}
     assert documents[first]["version"] == "v1"
     assert documents[second]["version"] == "v2-longer"
