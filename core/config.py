@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 from sqs_processor.errors import ConfigError, ConfigErrors, Problems, Unresolved
 from sqs_processor.options import Option, suggest, validate_options
 from sqs_processor.records import normalise_name
+from sqs_processor.service_limits import IN_FLIGHT_OPTIONS, LOG_SUMMARY_OPTION
 from sqs_processor.telemetry_settings import TELEMETRY_OPTIONS, resolve_settings
 from sqs_processor.yaml_loading import interpolate, read_document
 
@@ -37,17 +38,7 @@ SERVICE_OPTIONS = (
            minimum=1, maximum=256),
     Option("pollers", int, 1, "Threads that receive from the source concurrently.",
            minimum=1, maximum=32),
-    Option("max_in_flight", int, 500,
-           "Messages received but not yet acknowledged, at most (bounds the work at risk).",
-           minimum=1, maximum=10000),
-    Option("max_in_flight_mib", int, 64,
-           "Memory those messages may take, in MiB, counted as each really costs (its body, "
-           "parsed body and encoded document, escapes included); a receive waits for room.",
-           minimum=1, maximum=65536),
-    Option("log_summary_seconds", float, 60.0,
-           "How often one INFO line sums up the work (polls, messages per poll, stored, "
-           "deleted, errors); per-message lines are DEBUG. 0: no summary.",
-           minimum=0, maximum=86400),
+    *IN_FLIGHT_OPTIONS, LOG_SUMMARY_OPTION,
     Option("shutdown_grace_seconds", float, 25.0,
            "After SIGTERM, how long in-flight work may take before the rest is released.",
            minimum=0, maximum=3600),

@@ -38,6 +38,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    NoCredentialsError,
     ReadTimeoutError,
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
@@ -48,6 +49,7 @@ CHECKSUMS = ("SHA256", "CRC64NVME")
 """The ``checksum_algorithm`` values obstore computes (boto3 also has CRC32, CRC32C and SHA1)."""
 
 CREDENTIAL_TTL = timedelta(minutes=5)
+NO_CREDENTIALS = str(NoCredentialsError())  # botocore's own words, seen through obstore
 
 _STATUS = re.compile(r"status code: (\d{3})")
 _CODE = re.compile(r"<Code>([^<]{1,200})</Code>")
@@ -84,6 +86,8 @@ def translate_error(exc: BaseException, endpoint: str) -> Exception:
         if retries is not None:
             response["ResponseMetadata"]["RetryAttempts"] = int(retries)
         return ClientError(response, "PutObject")
+    if NO_CREDENTIALS in text:
+        return NoCredentialsError()
     if isinstance(exc, InvalidPathError):
         return MessageError(f"obstore cannot write this key: {text.splitlines()[0]}")
     summary = text.splitlines()[0] if text else type(exc).__name__
@@ -93,6 +97,27 @@ def translate_error(exc: BaseException, endpoint: str) -> Exception:
     if kind == "Interrupted":  # the connection broke after the request was sent
         return ConnectionClosedError(endpoint_url=endpoint, error=summary)
     return EndpointConnectionError(endpoint_url=endpoint, error=summary)
+
+
+class SessionCredentials:
+    """obstore's credential provider for a boto3 session, resolved at the first call, as boto3
+    resolves its own: missing credentials fail the call (a system failure), not the start."""
+
+    def __init__(self, session: Any) -> None:
+        self._session = session
+        self._provider: Any = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> Any:
+        with self._lock:
+            if self._provider is None:
+                from obstore.auth.boto3 import Boto3CredentialProvider
+
+                if self._session.get_credentials() is None:
+                    raise NoCredentialsError()
+                self._provider = Boto3CredentialProvider(self._session, ttl=CREDENTIAL_TTL)
+            provider = self._provider
+        return provider()
 
 
 def store_settings(bucket: str, endpoint: str, default_endpoint: str,
@@ -141,7 +166,6 @@ class ObjectStoreWriter:
         with self._lock:
             if self._store is not None:
                 return
-            from obstore.auth.boto3 import Boto3CredentialProvider
             from obstore.store import S3Store
 
             endpoint, default = self._endpoints()
@@ -173,7 +197,7 @@ class ObjectStoreWriter:
             retry = {"max_retries": max(0, self._max_attempts - 1),
                      "retry_timeout": timedelta(
                          seconds=(connect_timeout + read_timeout) * self._max_attempts)}
-            provider = Boto3CredentialProvider(self._session, ttl=CREDENTIAL_TTL)
+            provider = SessionCredentials(self._session)
             self._store = S3Store(self.bucket, config=config, client_options=client,
                                   retry_config=retry, credential_provider=provider)
             self.endpoint = endpoint

@@ -89,7 +89,8 @@ def traced_run(tmp_path: Path, aws_env: dict[str, str], queue_url: str, bucket: 
                       OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_SERVICE_NAME="archiver-test",
                       OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test,team=storage",
                       OTEL_BSP_SCHEDULE_DELAY="100", **(extra_env or {}))
-        process = Process(["run", "--config", str(path), "--log-format", "json"], env)
+        process = Process(["--log-level", "debug", "run", "--config", str(path),
+                           "--log-format", "json"], env)
         started.append(process)
         process.wait_event("started")
         return process

@@ -110,7 +110,10 @@ class ChildProcess:
 
 
 class ProcessorProcess(ChildProcess):
-    """``sqs-processor run --config FILE --log-format json``."""
+    """``sqs-processor --log-level LEVEL run --config FILE --log-format json``; DEBUG by
+    default, so the per-message events (stored, acked, received) are there to assert on."""
 
-    def __init__(self, config: Path, env: dict[str, str], name: str = "processor") -> None:
-        super().__init__(["run", "--config", str(config), "--log-format", "json"], env, name)
+    def __init__(self, config: Path, env: dict[str, str], name: str = "processor",
+                 log_level: str = "debug") -> None:
+        super().__init__(["--log-level", log_level, "run", "--config", str(config),
+                          "--log-format", "json"], env, name)
