@@ -106,6 +106,7 @@ class InFlight:
         self._reserved_bytes = 0
         self._bytes = 0  # cost of the jobs held
         self._recent: deque[int] = deque(maxlen=self.RECENT)
+        self._typical = self.FLOOR  # the costliest recent message (at least FLOOR)
         self._jobs: dict[int, Job] = {}  # id(message) -> job
         self._waiting = 0  # threads waiting in reserve() or wait_drained()
 
@@ -115,8 +116,7 @@ class InFlight:
         """Bytes a receive of ``count`` messages is expected to cost (lock held)."""
         if self.max_bytes is None:
             return 0
-        typical = max(max(self._recent, default=0), self.FLOOR)
-        return min(count * typical, self.max_bytes)
+        return min(count * self._typical, self.max_bytes)
 
     def _fits(self, count: int, size: int) -> bool:
         if self._reserved + len(self._jobs) + count > self.max_messages:
@@ -180,6 +180,8 @@ class InFlight:
                 self._jobs[id(job.message)] = job
                 self._bytes += job.cost
                 self._recent.append(job.cost)
+            if jobs:
+                self._typical = max(max(self._recent), self.FLOOR)
             self._wake()
 
     @property

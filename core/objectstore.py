@@ -59,6 +59,10 @@ _RETRIES = re.compile(r"after (\d+) retries")
 _HTTP_KIND = re.compile(r"HttpError \{\s*kind: (\w+)")  # how the request broke, no answer
 
 
+_LABELS = {outcome: {"service": "s3", "operation": "PutObject", "outcome": outcome}
+           for outcome in ("ok", "error")}  # built once, not per call
+
+
 def _first(pattern: re.Pattern[str], text: str) -> str | None:
     match = pattern.search(text)
     return match.group(1) if match else None
@@ -278,8 +282,7 @@ class ObjectStoreWriter:
                 raise error from None
             finally:
                 if self._duration is not None:
-                    self._duration.record(time.perf_counter() - started, {
-                        "service": "s3", "operation": "PutObject", "outcome": outcome})
+                    self._duration.record(time.perf_counter() - started, _LABELS[outcome])
             self._end(span, status, None)
         return created
 
