@@ -4,6 +4,11 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.installed-bench
+# checkov (tests/test_checkov.py) lives in its own environment: it pins older boto3 and
+# packaging than the dev extra needs.
+CHECKOV_VENV  := $(VENV)/checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
+CHECKOV_SPEC  := checkov>=3.2,<4
 
 .PHONY: run test lint validate docs send list bench clean
 
@@ -20,8 +25,13 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: $(STAMP)
 	$(BIN)/python -m sqs_processor.local
 
+$(CHECKOV_STAMP): Makefile | $(BIN)/python
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install --quiet '$(CHECKOV_SPEC)'
+	touch $(CHECKOV_STAMP)
+
 ## test: the whole suite (moto server over real HTTP), plus lint
-test: $(STAMP)
+test: $(STAMP) $(CHECKOV_STAMP)
 	$(BIN)/ruff check core plugins configs tests bench
 	$(BIN)/python -m pytest -q
 

@@ -8,6 +8,9 @@
 #   ACCOUNT_ID  the 12-digit AWS account of the IRSA role; replaces AWS_ACCOUNT_ID from
 #               k8s/kustomization.yaml for this deployment
 #
+# The Deployment gets the image by the digest the push returned (REGISTRY/sqs-processor@sha256:...),
+# not by its tag.
+#
 #   --dry-run   check everything and print each command instead of running it; nothing is
 #               built, pushed or applied (kubectl only renders the kustomization locally)
 #   --tag       image tag (default: the project version plus the git commit, e.g. 0.1.0-3f2a9c1)
@@ -32,7 +35,7 @@ die() {
 }
 
 usage() {
-    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,25p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 DRY_RUN=0
@@ -184,6 +187,26 @@ fi
 run docker build --tag "$IMAGE" --build-arg "VERSION=$TAG" --build-arg "REVISION=$revision" \
     --build-arg "CREATED=$created" "$ROOT"
 run docker push "$IMAGE"
+
+# Apply the image by the digest the registry gave the push, not by its tag: a tag can move,
+# a digest names exactly what was built and tested.
+if [[ $DRY_RUN -eq 1 ]]; then
+    PINNED="$REGISTRY/$IMAGE_NAME@sha256:<digest of the pushed image>"
+    echo "+ docker image inspect --format '{{join .RepoDigests \" \"}}' $IMAGE"
+else
+    digests="$(docker image inspect --format '{{join .RepoDigests " "}}' "$IMAGE")" \
+        || die "cannot read the digest of $IMAGE after the push"
+    PINNED=""
+    for candidate in $digests; do
+        if [[ "$candidate" == "$REGISTRY/$IMAGE_NAME@sha256:"* ]]; then
+            PINNED="$candidate"
+        fi
+    done
+    [[ -n "$PINNED" ]] || die "the registry returned no digest for $IMAGE (got: ${digests:-none})"
+fi
+sed -i "s|^                image: $IMAGE\$|                image: $PINNED|" "$OVERLAY/kustomization.yaml"
+grep -qF "image: $PINNED" "$OVERLAY/kustomization.yaml" \
+    || die "could not pin the image by digest in the overlay"
 if [[ $DRY_RUN -eq 1 ]]; then
     echo "+ kubectl apply -k <overlay>   # the overlay, written to a temporary folder:"
     sed 's/^/    /' "$OVERLAY/kustomization.yaml"
