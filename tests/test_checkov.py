@@ -27,7 +27,7 @@ from helpers.k8s import K8S, kustomize, overlay
 from helpers.support import ROOT
 
 CHECKOV_VENV = ROOT / ".venv" / "checkov" / "bin" / "checkov"
-COMPONENTS = ("keda",)
+COMPONENTS = ("keda", "monitoring")
 
 
 def _checkov() -> str:
