@@ -10,7 +10,7 @@ CHECKOV_VENV  := $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_SPEC  := checkov>=3.2,<4
 
-.PHONY: run test lint validate docs send list bench clean
+.PHONY: run test lint validate docs send list bench clean image image-test
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -68,6 +68,31 @@ $(BENCH_STAMP): pyproject.toml | $(BIN)/python
 ##        make bench [N=20000] [LATENCY_MS=10,20] [BENCH_ARGS='--quick --profile --out f.json']
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(if $(N),--n $(N)) $(if $(LATENCY_MS),--latency-ms $(LATENCY_MS)) $(BENCH_ARGS)
+
+# ---- the image ----------------------------------------------------------------------------
+VERSION  := $(shell sed -n 's/^version *= *"\([^"]*\)".*/\1/p' pyproject.toml | head -n 1)
+REVISION := $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+ENGINE   ?= $(if $(shell command -v docker 2>/dev/null),docker,podman)
+IMAGE    ?= sqs-processor:$(VERSION)-$(shell git rev-parse --short HEAD 2>/dev/null || echo local)
+PYTHON_IMAGE ?=
+ENGINE_FLAGS ?=
+BUILD_FLAGS  ?=
+
+## image: build the image with docker or podman (ENGINE=...), tagged IMAGE (default
+##        sqs-processor:<version>-<commit>), on the Dockerfile's base unless PYTHON_IMAGE=...;
+##        ENGINE_FLAGS go before the command, BUILD_FLAGS after it. Prints the image size.
+image:
+	$(ENGINE) $(ENGINE_FLAGS) build $(if $(filter podman,$(notdir $(ENGINE))),--format docker) \
+	    $(BUILD_FLAGS) $(if $(PYTHON_IMAGE),--build-arg PYTHON_IMAGE=$(PYTHON_IMAGE)) \
+	    --build-arg VERSION=$(VERSION) --build-arg REVISION=$(REVISION) \
+	    --build-arg CREATED=$$(date -u +%Y-%m-%dT%H:%M:%SZ) --tag $(IMAGE) .
+	@$(ENGINE) $(ENGINE_FLAGS) image inspect --format '{{.Size}}' $(IMAGE) \
+	    | awk '{printf "image $(IMAGE): %.1f MB\n", $$1 / 1e6}'
+
+## image-test: build the image with podman and run it as the pod spec does against the emulator
+##             (tests/test_image.py); fails, rather than skips, where podman is missing
+image-test: $(STAMP)
+	SQS_PROCESSOR_IMAGE_TEST=required $(BIN)/python -m pytest -q -s tests/test_image.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
