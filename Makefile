@@ -9,6 +9,11 @@ BENCH_STAMP := $(VENV)/.installed-bench
 CHECKOV_VENV  := $(VENV)/checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed
 CHECKOV_SPEC  := checkov>=3.2,<4
+# npm-groovy-lint (tests/test_ci_files.py lints the Jenkinsfiles) from the npm registry, where
+# npm is installed; it runs CodeNarc on Java. Without npm or Java the lint test skips.
+GROOVY_LINT_DIR   := $(VENV)/node
+GROOVY_LINT_STAMP := $(GROOVY_LINT_DIR)/.installed
+GROOVY_LINT_SPEC  := npm-groovy-lint@14.4.0
 
 .PHONY: run test lint validate docs send list bench clean image image-test
 
@@ -30,8 +35,16 @@ $(CHECKOV_STAMP): Makefile | $(BIN)/python
 	$(CHECKOV_VENV)/bin/python -m pip install --quiet '$(CHECKOV_SPEC)'
 	touch $(CHECKOV_STAMP)
 
+$(GROOVY_LINT_STAMP): Makefile | $(BIN)/python
+	@if command -v npm >/dev/null 2>&1; then \
+	    npm install --prefix $(GROOVY_LINT_DIR) --no-audit --no-fund --silent '$(GROOVY_LINT_SPEC)'; \
+	else \
+	    echo "npm not found: the Jenkinsfile lint test will skip"; mkdir -p $(GROOVY_LINT_DIR); \
+	fi
+	touch $(GROOVY_LINT_STAMP)
+
 ## test: the whole suite (moto server over real HTTP), plus lint
-test: $(STAMP) $(CHECKOV_STAMP)
+test: $(STAMP) $(CHECKOV_STAMP) $(GROOVY_LINT_STAMP)
 	$(BIN)/ruff check core plugins configs tests bench
 	$(BIN)/python -m pytest -q
 

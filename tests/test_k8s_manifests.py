@@ -585,6 +585,20 @@ def test_deploy_applies_the_image_by_the_digest_the_push_returned(deploy_env, tm
         f"{REGISTRY}/sqs-processor@{digest}"
 
 
+def test_deploy_with_a_digest_builds_nothing_and_needs_only_kubectl(deploy_env, tmp_path):
+    env, log = deploy_env
+    for command in ("docker", "aws"):
+        (Path(env["PATH"]) / command).unlink()
+    digest = "sha256:" + "ef" * 32
+    result = _deploy(env, "--dry-run", "--digest", digest, "--k8s-dir",
+                     str(_edited_k8s(tmp_path)), REGISTRY, "210987654321")
+    assert result.returncode == 0, result.stderr
+    assert "docker" not in result.stdout and "aws ecr" not in result.stdout
+    assert f"image: {REGISTRY}/sqs-processor@{digest}" in result.stdout
+    assert "rollout status deployment/sqs-processor" in result.stdout
+    assert not log.exists()
+
+
 def test_deploy_stops_when_the_registry_returned_no_digest(deploy_env, tmp_path):
     env, log = deploy_env
     bin_dir = Path(env["PATH"])
@@ -607,6 +621,9 @@ def test_deploy_stops_when_the_registry_returned_no_digest(deploy_env, tmp_path)
     (("--tag", "latest", REGISTRY, "210987654321"), "--tag latest"),
     (("--region", "moon", REGISTRY, "210987654321"), "is not an AWS region name"),
     (("--frobnicate", REGISTRY, "210987654321"), "unknown option --frobnicate"),
+    (("--digest", "sha256:abc", REGISTRY, "210987654321"), "is not an image digest"),
+    (("--digest", "sha256:" + "0" * 64, "--tag", "1", REGISTRY, "210987654321"),
+     "--tag and --digest exclude each other"),
 ])
 def test_deploy_rejects_bad_arguments_with_a_clear_message(deploy_env, tmp_path, args, message):
     env, log = deploy_env
