@@ -41,7 +41,6 @@ EXTERNAL = {"up": "Prometheus's own scrape health",
 # drives every other one.
 AFTER_EVENT = {
     "sqs_processor_ack_failures_total": "a delete that failed for good",
-    "sqs_processor_visibility_extensions_total": "a visibility heartbeat extension",
 }
 PROMQL_WORDS = {"sum", "min", "max", "avg", "count", "rate", "increase", "histogram_quantile",
                 "by", "on", "without", "ignoring", "group_left", "group_right", "unless", "and",
@@ -200,18 +199,22 @@ def test_the_unit_tests_catch_a_changed_threshold(monitoring, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 FAILING_TRANSFORM = '''
+import time
 from sqs_processor import TransformSpec, hookimpl
 
 def build(options, context):
     def explode(record):
         if "boom" in record.message.body:
             raise ValueError("boom in the body")
+        if "slow" in record.message.body:
+            time.sleep(4)  # twice the visibility timeout: the heartbeat extends it
         return record
     return explode
 
 @hookimpl
 def sqs_processor_transforms():
-    return TransformSpec(name="explode", factory=build, description="Fails on 'boom'.")
+    return TransformSpec(name="explode", factory=build,
+                         description="Fails on 'boom', takes 4 s on 'slow'.")
 '''
 
 
@@ -254,22 +257,26 @@ def test_every_series_the_rules_and_the_dashboard_read_is_in_a_live_scrape(
         monitoring, tmp_path, aws_env, sqs, s3, queue_url, bucket):
     used = _used_series(monitoring)
     assert len(used) >= 15
-    # One processor that stores, fails a message into the error sink and rejects a reload;
-    # one whose bucket does not exist (system failures, not ready).
+    # One processor that stores, fails a message into the error sink, extends the visibility
+    # of a slow one and rejects a reload; one whose bucket does not exist (system failures,
+    # not ready).
     plugins = dropin_folder(tmp_path, explode=FAILING_TRANSFORM)
     good, good_config = _start(tmp_path, "good", pipeline_config(
         queue_url, bucket, plugins={"paths": [str(plugins)]},
+        source={"visibility_timeout": 2},
         transforms=["json_parse", "explode", "enrich"],
         errors={"after_receives": 1, "sink": "s3", "prefix": "errors/"}), aws_env)
     other_queue = sqs.create_queue(QueueName=queue_url.rsplit("/", 1)[1] + "-b")["QueueUrl"]
     broken, _ = _start(tmp_path, "broken", pipeline_config(other_queue, bucket + "-missing"),
                        aws_env)
     try:
-        for body in ('{"n": 1}', '{"n": 2}', "boom"):
+        for body in ('{"n": 1}', '{"n": 2}', "boom", "slow"):
             sqs.send_message(QueueUrl=queue_url, MessageBody=body)
         sqs.send_message(QueueUrl=other_queue, MessageBody='{"n": 3}')
         good.wait_event("stored", timeout=60)
         good.wait_event("to_error_sink", timeout=60)
+        wait_for(lambda: "sqs_processor_visibility_extensions_total" in _scrape(good.port),
+                 timeout=60, message="a visibility extension in /metrics")
         broken.wait_event("system_failure", timeout=60)
         good_config.write_text(good_config.read_text() + "\nno_such_section: 1\n")
         good.wait_event("reload_rejected", timeout=60)
