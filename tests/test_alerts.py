@@ -253,6 +253,7 @@ def _start(tmp_path: Path, name: str, config: dict[str, Any], env: dict[str, str
     return ProcessorProcess(path, cli_env(env), name=name), path
 
 
+@pytest.mark.timeout(300)
 def test_every_series_the_rules_and_the_dashboard_read_is_in_a_live_scrape(
         monitoring, tmp_path, aws_env, sqs, s3, queue_url, bucket):
     used = _used_series(monitoring)
@@ -305,6 +306,7 @@ def _api(port: int, path: str) -> Any:
 
 
 @needs_prometheus
+@pytest.mark.timeout(300)
 def test_a_real_prometheus_scrapes_the_processor_and_raises_its_alerts(
         monitoring, tmp_path, aws_env, sqs, queue_url, bucket):
     # A processor whose bucket does not exist: S3 fails for everyone, so it is not ready.

@@ -24,8 +24,9 @@ WORKFLOW = ROOT / ".github" / "workflows" / "ci.yml"
 JENKINSFILES = (ROOT / "Jenkinsfile-CI", ROOT / "Jenkinsfile-CD")
 GROOVY_LINT = ROOT / ".venv" / "node" / "node_modules" / ".bin" / "npm-groovy-lint"
 needs_groovy_lint = pytest.mark.skipif(
-    not GROOVY_LINT.exists() or shutil.which("java") is None,
-    reason="npm-groovy-lint or Java missing (make test installs it where npm is; .ci/run has both)")
+    not GROOVY_LINT.exists() or shutil.which("java") is None or shutil.which("node") is None,
+    reason="npm-groovy-lint, node or Java missing (make test installs it where npm is; "
+           ".ci/run installs all three)")
 
 
 def _offline() -> list[str]:

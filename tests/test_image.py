@@ -110,6 +110,8 @@ def _container_args(name: str, tmp_path: Path, emulator: str, queue_url: str, bu
     return args, spec, container
 
 
+# The first run builds the stand-in base and the image (minutes on a loaded machine).
+@pytest.mark.timeout(1800)
 def test_the_image_runs_as_the_pod_stores_messages_and_stops_cleanly(
         built, tmp_path, emulator, aws_env, sqs, s3, queue_url, bucket):
     name = f"sqs-processor-test-{uuid.uuid4().hex[:8]}"
