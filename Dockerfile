@@ -75,6 +75,7 @@ EXPOSE 8080
 # For docker and podman (Kubernetes ignores it and uses the pod's probes): the liveness check
 # of /healthz on the health port, made with the image's own Python (it ships no HTTP tool).
 # urlopen raises on a refused connection and on any answer but 2xx, so both fail the check.
+# It asks the default health port; a pipeline with another service.health_port needs its own.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4)"]
 ENTRYPOINT ["sqs-processor"]

@@ -126,10 +126,11 @@ def test_the_image_runs_as_the_pod_stores_messages_and_stops_cleanly(
         objects = wait_for(lambda: (found := stored_objects(s3, bucket)) and
                            len(found) == len(sent) and found, timeout=120, interval=0.5,
                            message=f"{len(sent)} objects in the bucket")
-        hour = datetime.now(UTC).strftime("%Y/%m/%d/")
         for key, document in objects.items():
-            assert re.fullmatch(rf"sqs-messages/{hour}\d\d/[0-9a-f-]{{36}}\.json", key), key
-            assert key.endswith(f"/{document['message_id']}.json")
+            # <prefix>YYYY/MM/DD/HH/<message-id>.json, the hour of the message's SentTimestamp
+            sent_at = datetime.fromtimestamp(int(document["attributes"]["SentTimestamp"]) / 1000,
+                                             UTC)
+            assert key == f"sqs-messages/{sent_at:%Y/%m/%d/%H}/{document['message_id']}.json"
         assert {d["message_id"] for d in objects.values()} == sent
         wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), timeout=60,
                  message="every message deleted")
