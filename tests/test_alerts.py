@@ -123,6 +123,25 @@ def test_the_component_scrapes_the_processor_pods_on_their_health_port(monitorin
     assert not [o for o in render(K8S) if o["apiVersion"].startswith("monitoring.coreos.com")]
 
 
+def test_the_components_objects_are_valid(monitoring):
+    import kubernetes_validate.utils as kv
+
+    board = one(monitoring, "ConfigMap", "sqs-processor-dashboard")
+    kv.validate(board, kv.latest_version(), strict=True)  # the schemas kubernetes-validate ships
+    # The Prometheus Operator's CRDs have no schema there: their required fields, by hand.
+    pod_monitor = one(monitoring, "PodMonitor")
+    assert pod_monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert set(pod_monitor["spec"]) <= {"selector", "podMetricsEndpoints", "namespaceSelector",
+                                        "jobLabel", "podTargetLabels"}
+    rule = one(monitoring, "PrometheusRule")
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1"
+    for group in rule["spec"]["groups"]:
+        assert group["name"] and group["rules"]
+        for item in group["rules"]:
+            assert set(item) <= {"alert", "record", "expr", "for", "labels", "annotations"}
+            assert isinstance(item["expr"], str) and ("alert" in item) != ("record" in item)
+
+
 def test_every_alert_has_a_severity_a_summary_a_unit_test_and_a_runbook(monitoring):
     tested = {t["alertname"] for case in yaml.safe_load(UNIT_TESTS.read_text())["tests"]
               for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
