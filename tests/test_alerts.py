@@ -37,11 +37,6 @@ needs_prometheus = pytest.mark.skipif(
 # Series the rules read that come from elsewhere, not from the processor's /metrics.
 EXTERNAL = {"up": "Prometheus's own scrape health",
             "kube_pod_container_status_restarts_total": "kube-state-metrics"}
-# Series that exist only after their first event today, and the event; the live test below
-# drives every other one.
-AFTER_EVENT = {
-    "sqs_processor_ack_failures_total": "a delete that failed for good",
-}
 PROMQL_WORDS = {"sum", "min", "max", "avg", "count", "rate", "increase", "histogram_quantile",
                 "by", "on", "without", "ignoring", "group_left", "group_right", "unless", "and",
                 "or", "label_values", "clamp_min", "offset", "bool"}
@@ -307,14 +302,10 @@ def test_every_series_the_rules_and_the_dashboard_read_is_in_a_live_scrape(
         good.stop()
         broken.stop()
     missing = {name: sorted(where) for name, where in used.items()
-               if name not in present and name not in EXTERNAL and name not in AFTER_EVENT}
+               if name not in present and name not in EXTERNAL}
     assert missing == {}, f"read by the rules or the dashboard but not in /metrics: {missing}"
-    # The lists of exceptions hold only names that are used, and the after-event ones are
-    # real instruments of the processor, documented in the README's metrics table.
-    assert set(EXTERNAL) | set(AFTER_EVENT) <= set(used)
-    table = (ROOT / "README.md").read_text().split("### Metrics", 1)[1].split("\n## ", 1)[0]
-    for name in AFTER_EVENT:
-        assert f"| `{name}` |" in table
+    # The exceptions hold only names that are used.
+    assert set(EXTERNAL) <= set(used)
 
 
 def _api(port: int, path: str) -> Any:
