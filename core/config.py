@@ -51,6 +51,9 @@ SERVICE_OPTIONS = (
     Option("reload_on_change", bool, True,
            "Reload the pipeline when the config file or a plugin file changes (SIGHUP always "
            "reloads)."),
+    Option("stall_seconds", float, 10.0,
+           "An AWS call outstanding longer than this (a receive: beyond its long poll) makes "
+           "/readyz answer 503 naming it, until it completes.", minimum=1, maximum=3600),
     Option("system_backoff_max_seconds", float, 60.0,
            "Longest pause of polling after a system failure (S3 or SQS down, AccessDenied); "
            "the pause starts at 1 s and doubles.", minimum=1, maximum=3600),

@@ -3,7 +3,9 @@
 * ``GET /healthz`` (liveness) answers 200 while the poll loop is alive, 503 if a poller died or
   a receive is stuck past its limit. A restart helps only in that case, so nothing else counts.
 * ``GET /readyz`` (readiness) runs every plugin's health check (by default: the last receive
-  from SQS and the last write to S3 did not fail) and answers 503 naming the failing ones.
+  from SQS and the last write to S3 did not fail) and answers 503 naming the failing ones; also
+  while polling is paused, and while an AWS call is outstanding past its limit (``stalled``:
+  a hung endpoint, :mod:`sqs_processor.stalls`).
 * ``GET /health`` is the original service's endpoint: ``{"status": "healthy", "last_poll": ...,
   "messages_processed": N}``, 200 when both of the above pass, 503 otherwise, with the details.
 * ``GET /metrics`` answers every ``sqs_processor_*`` metric in Prometheus text format.
@@ -59,6 +61,9 @@ class RunnerStatus(Protocol):
     def pause_reason(self) -> str | None:
         """Why polling is paused after a system failure, or None."""
 
+    def stalls(self) -> list[str]:
+        """The AWS calls outstanding past their limit (a hung endpoint), one line each."""
+
 
 class HealthState:
     """Computes the three answers from a runner and its pipeline's checks."""
@@ -103,6 +108,10 @@ class HealthState:
         if paused:
             checks.append({"name": "system", "ok": False, "plugin": "runner",
                            "detail": f"polling paused after a system failure: {paused}"})
+        stalls = self.runner.stalls()
+        if stalls:
+            checks.append({"name": "stalled", "ok": False, "plugin": "runner",
+                           "detail": "; ".join(stalls)})
         ok = state == "running" and all(c["ok"] for c in checks)
         return ok, {"status": "ready" if ok else "not ready", "state": state, "checks": checks}
 
