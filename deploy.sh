@@ -1,22 +1,29 @@
 #!/usr/bin/env bash
 # Build the image, push it, and deploy the k8s/ kustomization with it.
 #
-#   ./deploy.sh [--dry-run] [--tag TAG] [--region REGION] [--k8s-dir DIR] REGISTRY ACCOUNT_ID
+#   ./deploy.sh [--dry-run] [--tag TAG | --digest DIGEST] [--region REGION] [--k8s-dir DIR]
+#               REGISTRY ACCOUNT_ID
 #
 #   REGISTRY    where the image goes, without a scheme: the ECR registry of the account
 #               (ACCOUNT_ID.dkr.ecr.REGION.amazonaws.com) or any other registry you are logged in to
 #   ACCOUNT_ID  the 12-digit AWS account of the IRSA role; replaces AWS_ACCOUNT_ID from
 #               k8s/kustomization.yaml for this deployment
 #
+# The Deployment gets the image by the digest the push returned (REGISTRY/sqs-processor@sha256:...),
+# not by its tag.
+#
 #   --dry-run   check everything and print each command instead of running it; nothing is
 #               built, pushed or applied (kubectl only renders the kustomization locally)
 #   --tag       image tag (default: the project version plus the git commit, e.g. 0.1.0-3f2a9c1)
+#   --digest    deploy REGISTRY/sqs-processor@DIGEST (sha256:...), already pushed (by CI):
+#               nothing is built or pushed, and only kubectl is needed
 #   --region    region for the ECR login (default: the one in an ECR registry name)
 #   --k8s-dir   the kustomization to deploy (default: k8s/ beside this script)
 #
 # The queue, bucket, region and prefix come from k8s/kustomization.yaml (the one place they are
 # set); this script refuses to deploy while they still hold the shipped placeholders. It needs
-# docker, kubectl (with a context for the cluster) and, for an ECR registry, the AWS CLI.
+# docker, kubectl (with a context for the cluster) and, for an ECR registry, the AWS CLI; with
+# --digest only kubectl.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,11 +39,12 @@ die() {
 }
 
 usage() {
-    sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+    sed -n '2,26p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
 }
 
 DRY_RUN=0
 TAG=""
+DIGEST=""
 REGION=""
 K8S_DIR="$ROOT/k8s"
 POSITIONAL=()
@@ -44,6 +52,7 @@ while [[ $# -gt 0 ]]; do
     case "$1" in
         --dry-run) DRY_RUN=1; shift ;;
         --tag) [[ $# -ge 2 && -n "$2" ]] || die "--tag needs a value"; TAG="$2"; shift 2 ;;
+        --digest) [[ $# -ge 2 && -n "$2" ]] || die "--digest needs a value"; DIGEST="$2"; shift 2 ;;
         --region) [[ $# -ge 2 && -n "$2" ]] || die "--region needs a value"; REGION="$2"; shift 2 ;;
         --k8s-dir) [[ $# -ge 2 && -n "$2" ]] || die "--k8s-dir needs a value"; K8S_DIR="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
@@ -83,8 +92,16 @@ fi
 K8S_DIR="$(cd "$K8S_DIR" && pwd)"
 
 # ---- tools --------------------------------------------------------------------------------
-need=(docker kubectl)
-[[ $ECR -eq 1 ]] && need+=(aws)
+if [[ -n "$DIGEST" ]]; then
+    [[ "$DIGEST" =~ ^sha256:[0-9a-f]{64}$ ]] \
+        || die "--digest '$DIGEST' is not an image digest (expected sha256: and 64 hex digits)"
+    [[ -z "$TAG" ]] || die "--tag and --digest exclude each other: a digest names one image"
+fi
+need=(kubectl)
+if [[ -z "$DIGEST" ]]; then
+    need+=(docker)
+    [[ $ECR -eq 1 ]] && need+=(aws)
+fi
 for tool in "${need[@]}"; do
     command -v "$tool" >/dev/null 2>&1 \
         || die "'$tool' is not installed or not on PATH (needed: ${need[*]})"
@@ -99,6 +116,7 @@ fi
 [[ "$TAG" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] || die "--tag '$TAG' is not a valid image tag"
 [[ "$TAG" != latest ]] || die "--tag latest would make rollouts ambiguous; use a version"
 IMAGE="$REGISTRY/$IMAGE_NAME:$TAG"
+[[ -z "$DIGEST" ]] || IMAGE="$REGISTRY/$IMAGE_NAME@$DIGEST"
 
 # ---- the deployment overlay: this image and this account on top of the kustomization ------
 OVERLAY="$(mktemp -d "$(dirname "$K8S_DIR")/.deploy.XXXXXX")"
@@ -173,7 +191,7 @@ revision="$(git -C "$ROOT" rev-parse HEAD 2>/dev/null || echo unknown)"
 [[ $DRY_RUN -eq 1 ]] && echo "deploy.sh: dry run; nothing below is executed"
 echo "deploy.sh: image $IMAGE, account $ACCOUNT_ID, kustomization $K8S_DIR"
 
-if [[ $ECR -eq 1 ]]; then
+if [[ $ECR -eq 1 && -z "$DIGEST" ]]; then
     if [[ $DRY_RUN -eq 1 ]]; then
         echo "+ aws ecr get-login-password --region $REGION | docker login --username AWS --password-stdin $REGISTRY"
     else
@@ -181,9 +199,33 @@ if [[ $ECR -eq 1 ]]; then
             | docker login --username AWS --password-stdin "$REGISTRY"
     fi
 fi
-run docker build --tag "$IMAGE" --build-arg "VERSION=$TAG" --build-arg "REVISION=$revision" \
-    --build-arg "CREATED=$created" "$ROOT"
-run docker push "$IMAGE"
+if [[ -z "$DIGEST" ]]; then
+    run docker build --tag "$IMAGE" --build-arg "VERSION=$TAG" --build-arg "REVISION=$revision" \
+        --build-arg "CREATED=$created" "$ROOT"
+    run docker push "$IMAGE"
+fi
+
+# Apply the image by the digest the registry gave the push, not by its tag: a tag can move,
+# a digest names exactly what was built and tested.
+if [[ -n "$DIGEST" ]]; then
+    PINNED="$IMAGE"
+elif [[ $DRY_RUN -eq 1 ]]; then
+    PINNED="$REGISTRY/$IMAGE_NAME@sha256:<digest of the pushed image>"
+    echo "+ docker image inspect --format '{{join .RepoDigests \" \"}}' $IMAGE"
+else
+    digests="$(docker image inspect --format '{{join .RepoDigests " "}}' "$IMAGE")" \
+        || die "cannot read the digest of $IMAGE after the push"
+    PINNED=""
+    for candidate in $digests; do
+        if [[ "$candidate" == "$REGISTRY/$IMAGE_NAME@sha256:"* ]]; then
+            PINNED="$candidate"
+        fi
+    done
+    [[ -n "$PINNED" ]] || die "the registry returned no digest for $IMAGE (got: ${digests:-none})"
+fi
+sed -i "s|^                image: $IMAGE\$|                image: $PINNED|" "$OVERLAY/kustomization.yaml"
+grep -qF "image: $PINNED" "$OVERLAY/kustomization.yaml" \
+    || die "could not pin the image by digest in the overlay"
 if [[ $DRY_RUN -eq 1 ]]; then
     echo "+ kubectl apply -k <overlay>   # the overlay, written to a temporary folder:"
     sed 's/^/    /' "$OVERLAY/kustomization.yaml"

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sqs_processor.errors import redact
 from sqs_processor.message import Message, Record
 
 
@@ -179,6 +180,12 @@ class AckFailure:
     code: str
     detail: str = ""
     retryable: bool = False
+
+    def __post_init__(self) -> None:
+        # SQS quotes the receipt handle in its reasons ("Value <handle> for parameter
+        # ReceiptHandle is invalid"); the detail is logged and put on spans, so never keep it.
+        handle = getattr(self.message, "receipt_handle", "") or ""
+        object.__setattr__(self, "detail", redact(str(self.detail), (handle,)))
 
 
 class Acker:

@@ -17,12 +17,12 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from sqs_processor.config import (
+from sqs_processor.config import PluginSettings
+from sqs_processor.engine_options import (
     AWS_OPTIONS,
     ERRORS_OPTIONS,
     PLUGIN_OPTIONS,
     SERVICE_OPTIONS,
-    PluginSettings,
 )
 from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.options import Option

@@ -25,6 +25,50 @@ def escape(text: str) -> str:
     return CONTROL_CHARACTERS.sub(
         lambda m: m.group(0).encode("unicode_escape").decode("ascii"), text)
 
+
+ECHO_LIMIT = 100
+"""Characters of a value an error message quotes; the rest is summed up by its length."""
+
+
+def cut(text: str, limit: int = ECHO_LIMIT) -> str:
+    """``text``, or its first ``limit`` characters and how long it was."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def shorten(value: object, limit: int = ECHO_LIMIT) -> str:
+    """``repr(value)`` for an error message, cut to ``limit`` characters plus the length of the
+    value, so a huge value in a config never becomes a huge line."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = len(value) if isinstance(value, str | bytes | list | dict | tuple) else len(text)
+    unit = "characters" if isinstance(value, str) else "items" if isinstance(
+        value, list | dict | tuple) else "bytes" if isinstance(value, bytes) else "characters"
+    return f"{text[:limit]}... ({size:,} {unit})"
+
+
+# Receipt handles are long opaque base64 tokens (AWS) or long letter runs (emulators); SQS
+# quotes them in its error messages ("Value <handle> for parameter ReceiptHandle is invalid").
+# A run of 40+ base64 characters whose longest piece between "/" or "+" is 32+ characters is
+# taken for a token: paths, ARNs, keys and message ids have short pieces or other separators.
+_TOKEN = re.compile(r"[A-Za-z0-9+/=]{40,}")
+_PIECE = re.compile(r"[A-Za-z0-9=]{32,}")
+REDACTED = "<redacted>"
+
+
+def redact(text: str, secrets: tuple[str, ...] | list[str] = ()) -> str:
+    """``text`` with every one of ``secrets`` (known receipt handles) and every token-like run
+    replaced by ``<redacted>``. Used on every AWS error text the service logs, puts on a span
+    or stores in the error sink."""
+    for secret in secrets:
+        if secret and secret in text:
+            text = text.replace(secret, REDACTED)
+    if len(text) < 40:
+        return text
+    return _TOKEN.sub(lambda m: REDACTED if _PIECE.search(m.group(0)) else m.group(0), text)
+
 _MISSING = object()
 
 
@@ -66,10 +110,11 @@ class ConfigError(Exception):
                            env=self.env, plugin=plugin)
 
     def __str__(self) -> str:
-        parts = [f"{self.key}: " if self.key else ""]
+        parts = [f"{cut(self.key, 200)}: " if self.key else ""]
         if self.value is not _MISSING:
-            # repr() escapes control characters, so the error stays on one line.
-            parts.append(f"{self.value!r} {self.problem}")
+            # repr() escapes control characters, so the error stays on one line; a long value
+            # is cut to its start and its length.
+            parts.append(f"{shorten(self.value)} {self.problem}")
         else:
             parts.append(self.problem)
         if self.expected:
@@ -231,7 +276,8 @@ def describe_error(exc: BaseException, path: Path | None = None) -> str:
     """One line for an exception: ``Code: message`` for AWS errors, ``Type: message`` otherwise.
 
     With ``path``, the line number of the innermost frame in that file is added, so an error in
-    a plugin file points at its line.
+    a plugin file points at its line. Token-like runs (receipt handles that SQS quotes in its
+    messages) are redacted (:func:`redact`).
     """
     response = getattr(exc, "response", None)
     if isinstance(response, dict) and response.get("Error"):
@@ -246,4 +292,4 @@ def describe_error(exc: BaseException, path: Path | None = None) -> str:
                      if Path(f.filename) == path]
             if lines:
                 text += f" (line {lines[-1]})"
-    return " ".join(text.split())
+    return redact(" ".join(text.split()))

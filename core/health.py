@@ -3,14 +3,18 @@
 * ``GET /healthz`` (liveness) answers 200 while the poll loop is alive, 503 if a poller died or
   a receive is stuck past its limit. A restart helps only in that case, so nothing else counts.
 * ``GET /readyz`` (readiness) runs every plugin's health check (by default: the last receive
-  from SQS and the last write to S3 did not fail) and answers 503 naming the failing ones.
+  from SQS and the last write to S3 did not fail) and answers 503 naming the failing ones; also
+  while polling is paused, and while an AWS call is outstanding past its limit (``stalled``:
+  a hung endpoint, :mod:`sqs_processor.stalls`).
 * ``GET /health`` is the original service's endpoint: ``{"status": "healthy", "last_poll": ...,
   "messages_processed": N}``, 200 when both of the above pass, 503 otherwise, with the details.
 * ``GET /metrics`` answers every ``sqs_processor_*`` metric in Prometheus text format.
 
 Checks are cached for :data:`CHECK_CACHE_SECONDS` so frequent probes do not multiply work. One
 check that raises reports itself as failing and never breaks the endpoint. The server answers
-during a 20 s long poll because it runs in its own threads.
+during a 20 s long poll because it runs in its own thread, an event loop with bounded
+connections and per-connection timeouts (:mod:`sqs_processor.probe_server`), so idle or
+hostile clients cannot exhaust it or the process's descriptors.
 """
 
 from __future__ import annotations
@@ -18,12 +22,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
 from sqs_processor.errors import describe_error
+from sqs_processor.probe_server import Answer, ProbeServer
 from sqs_processor.records import CheckResult
 
 if TYPE_CHECKING:
@@ -56,6 +60,9 @@ class RunnerStatus(Protocol):
 
     def pause_reason(self) -> str | None:
         """Why polling is paused after a system failure, or None."""
+
+    def stalls(self) -> list[str]:
+        """The AWS calls outstanding past their limit (a hung endpoint), one line each."""
 
 
 class HealthState:
@@ -101,6 +108,10 @@ class HealthState:
         if paused:
             checks.append({"name": "system", "ok": False, "plugin": "runner",
                            "detail": f"polling paused after a system failure: {paused}"})
+        stalls = self.runner.stalls()
+        if stalls:
+            checks.append({"name": "stalled", "ok": False, "plugin": "runner",
+                           "detail": "; ".join(stalls)})
         ok = state == "running" and all(c["ok"] for c in checks)
         return ok, {"status": "ready" if ok else "not ready", "state": state, "checks": checks}
 
@@ -119,79 +130,43 @@ class HealthState:
         return live and ready, body
 
 
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    protocol_version = "HTTP/1.1"
+JSON = "application/json"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
-    def do_GET(self) -> None:
-        routes = {"/health": self.server.state.health, "/healthz": self.server.state.live,
-                  "/readyz": self.server.state.ready}
-        path = self.path.split("?", 1)[0]
+
+class HealthServer:
+    """Serves the health endpoints for ``runner`` on ``host:port`` (port 0: any free port), on
+    the bounded event-loop server of :mod:`sqs_processor.probe_server`. ``/healthz`` is
+    answered in the loop itself, so liveness never waits behind a plugin's check."""
+
+    def __init__(self, runner: RunnerStatus, host: str, port: int) -> None:
+        self.state = HealthState(runner)
+        self._routes = {"/health": self.state.health, "/healthz": self.state.live,
+                        "/readyz": self.state.ready}
+        self._server = ProbeServer(host, port, self.respond, inline=("/healthz",))
+
+    @property
+    def port(self) -> int:
+        return self._server.port
+
+    def respond(self, path: str) -> Answer:
         if path == "/metrics":
-            self._send_metrics()
-            return
-        route = routes.get(path)
+            try:
+                return 200, self.state.metrics_text().encode("utf-8"), PROMETHEUS
+            except Exception as exc:
+                return 500, orjson.dumps({"status": "error", "detail": describe_error(exc)}), JSON
+        route = self._routes.get(path)
         if route is None:
-            self._send(404, {"error": "not found", "endpoints": sorted([*routes, "/metrics"])})
-            return
+            body = {"error": "not found", "endpoints": sorted([*self._routes, "/metrics"])}
+            return 404, orjson.dumps(body), JSON
         try:
             ok, body = route()
         except Exception as exc:  # the endpoint itself must not break
             ok, body = False, {"status": "error", "detail": describe_error(exc)}
-        self._send(200 if ok else 503, body)
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def _send_metrics(self) -> None:
-        try:
-            payload = self.server.state.metrics_text().encode("utf-8")
-        except Exception as exc:
-            self._send(500, {"status": "error", "detail": describe_error(exc)})
-            return
-        self._send_bytes(200, payload, "text/plain; version=0.0.4; charset=utf-8")
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        self._send_bytes(status, orjson.dumps(body), "application/json")
-
-    def _send_bytes(self, status: int, payload: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("health request: " + format, *args)
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, address: tuple[str, int], state: HealthState) -> None:
-        self.state = state
-        super().__init__(address, _Handler)
-
-
-class HealthServer:
-    """Serves the health endpoints for ``runner`` on ``host:port`` (port 0: any free port)."""
-
-    def __init__(self, runner: RunnerStatus, host: str, port: int) -> None:
-        self.state = HealthState(runner)
-        self._server = _Server((host, port), self.state)
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health",
-                                        kwargs={"poll_interval": 0.2}, daemon=True)
-
-    @property
-    def port(self) -> int:
-        return self._server.server_address[1]
+        return 200 if ok else 503, orjson.dumps(body), JSON
 
     def start(self) -> None:
-        self._thread.start()
+        self._server.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.stop()

@@ -6,7 +6,9 @@ the fields beside ``timestamp``, ``level``, ``logger`` and ``message``, and the 
 ``span_id`` of the active span (the message's trace) so logs and traces join. Control
 characters in any value (CR/LF included) are escaped in text output, so one record is always one
 line and a value cannot forge another record. The engine never logs message bodies or receipt
-handles.
+handles; as a last guard, token-like runs (a receipt handle quoted by a plugin's message or a
+traceback) are redacted from every message and traceback
+(:func:`~sqs_processor.errors.redact`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any, TextIO
 import orjson
 from opentelemetry import trace
 
-from sqs_processor.errors import escape
+from sqs_processor.errors import escape, redact
 
 # Attributes every LogRecord has; anything else on a record came from ``extra``.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -44,9 +46,10 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         logger = record.name.removeprefix("sqs_processor.")
-        line = f"{_timestamp(record)} {record.levelname:<7} {logger}: {escape(record.getMessage())}"
+        message = escape(redact(record.getMessage()))
+        line = f"{_timestamp(record)} {record.levelname:<7} {logger}: {message}"
         if record.exc_info:
-            line += " | " + escape(self.formatException(record.exc_info))
+            line += " | " + escape(redact(self.formatException(record.exc_info)))
         return line.rstrip()
 
 
@@ -59,7 +62,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "event": getattr(record, "event", None) or "log",
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         span_context = trace.get_current_span().get_span_context()
         if span_context.is_valid:
@@ -68,7 +71,7 @@ class JsonFormatter(logging.Formatter):
         for key, value in _fields(record).items():
             document.setdefault(key, value)
         if record.exc_info:
-            document["exception"] = self.formatException(record.exc_info)
+            document["exception"] = redact(self.formatException(record.exc_info))
         return orjson.dumps(document, default=str).decode("utf-8")
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
@@ -162,6 +162,7 @@ class ObjectStoreWriter:
         self._span_attributes: dict[str, Any] = {}
         self._tracer: Tracer | None = None
         self._duration: Any = None
+        self._followers: list[tuple[Callable[[str], None], Callable[[], None]]] = []
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -239,6 +240,12 @@ class ObjectStoreWriter:
         self._duration = duration
         self._tracer = tracer
 
+    def follow_calls(self, begin: Callable[[str], None], end: Callable[[], None]) -> None:
+        """Call ``begin("S3.PutObject")`` before and ``end()`` after every call (retries
+        included), as botocore's ``before-call``/``after-call`` events do for boto3's clients
+        (:mod:`sqs_processor.stalls` follows calls in progress this way)."""
+        self._followers.append((begin, end))
+
     def close(self) -> None:
         with self._lock:
             self._store = None
@@ -265,6 +272,8 @@ class ObjectStoreWriter:
             if self._tracer is not None else nullcontext())
         started = time.perf_counter()
         outcome = "ok"
+        for begin, _ in self._followers:
+            begin("S3.PutObject")
         with span_context as span:
             try:
                 obstore.put(store, key, body, attributes=attributes, tags=self._tags,
@@ -281,6 +290,8 @@ class ObjectStoreWriter:
                 self._end(span, status, error)
                 raise error from None
             finally:
+                for _, end in self._followers:
+                    end()
                 if self._duration is not None:
                     self._duration.record(time.perf_counter() - started, _LABELS[outcome])
             self._end(span, status, None)

@@ -113,7 +113,8 @@ class Supervisor:
     """Runs one pipeline at a time and swaps in a new one on reload.
 
     It implements :class:`~sqs_processor.health.RunnerStatus`, as a runner does: ``pipeline``,
-    ``state``, ``liveness()``, ``pause_reason()`` and ``telemetry`` follow the current runner.
+    ``state``, ``liveness()``, ``pause_reason()``, ``stalls()`` and ``telemetry`` follow the current
+    runner.
     """
 
     def __init__(
@@ -158,6 +159,9 @@ class Supervisor:
 
     def pause_reason(self) -> str | None:
         return self._current.runner.pause_reason()
+
+    def stalls(self) -> list[str]:
+        return self._current.runner.stalls()
 
     def stop(self) -> None:
         """Stop gracefully (safe from a signal handler)."""

@@ -62,6 +62,7 @@ from sqs_processor.pause import RetryTimer, SystemPause
 from sqs_processor.pipeline import Pipeline, close_pipeline
 from sqs_processor.poller import Poller
 from sqs_processor.settlement import OUTCOME_LABELS, Settlement
+from sqs_processor.stalls import OutstandingCalls
 from sqs_processor.telemetry import Telemetry
 from sqs_processor.tracing import MessageTracing, TracedSink
 from sqs_processor.workers import MessageFailures, WorkerPool
@@ -148,6 +149,7 @@ class Runner:
         self.telemetry = telemetry or Telemetry()
         self.grace_seconds: float = pipeline.config.service["shutdown_grace_seconds"]
         self.state = "created"
+        self.calls = OutstandingCalls(pipeline.config.service["stall_seconds"])
         self.units: Units | None = None
         self._heartbeat: VisibilityHeartbeat | None = None
         self._stop = threading.Event()
@@ -218,6 +220,10 @@ class Runner:
         """Why polling is paused (a system failure not yet recovered from), or None."""
         return self.units.pause.reason() if self.units else None
 
+    def stalls(self) -> list[str]:
+        """AWS calls outstanding past ``service.stall_seconds`` (a hung endpoint)."""
+        return self.calls.stalled()
+
     # -- start ---------------------------------------------------------------------------------
 
     def _start(self) -> bool:
@@ -225,6 +231,7 @@ class Runner:
         map_large_blocks()  # before any message: freed bodies go back to the system
         telemetry.start()
         pipeline.aws.add_client_hook(telemetry.watch_client)
+        pipeline.aws.add_client_hook(self.calls.watch_client)
         for step in pipeline.start_steps():  # clients, components, sqs_processor_startup hooks
             try:
                 step.run()

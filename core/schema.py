@@ -27,12 +27,12 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from sqs_processor.config import (
+from sqs_processor.config import PluginSettings
+from sqs_processor.engine_options import (
     AWS_OPTIONS,
     ERRORS_OPTIONS,
     PLUGIN_OPTIONS,
     SERVICE_OPTIONS,
-    PluginSettings,
 )
 from sqs_processor.manager import PluginManager, Registration
 from sqs_processor.options import Option

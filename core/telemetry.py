@@ -108,7 +108,10 @@ class Telemetry:
             from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
             provider = TracerProvider(resource=resource, sampler=_sampler(self.settings))
-            provider.add_span_processor(BatchSpanProcessor(_exporter(self.settings, "traces")))
+            from sqs_processor.span_redaction import RedactingSpanExporter
+
+            provider.add_span_processor(BatchSpanProcessor(
+                RedactingSpanExporter(_exporter(self.settings, "traces"))))
             self._tracer_provider = provider
             self.tracer: Tracer = provider.get_tracer("sqs_processor", package_version())
         else:

@@ -92,8 +92,8 @@ def test_the_readme_configuration_reference_is_current():
 
 
 def test_the_reference_documents_every_builtin_option_and_engine_section():
-    from sqs_processor.config import AWS_OPTIONS, PLUGIN_OPTIONS, SERVICE_OPTIONS
     from sqs_processor.docs import config_reference
+    from sqs_processor.engine_options import AWS_OPTIONS, PLUGIN_OPTIONS, SERVICE_OPTIONS
     from sqs_processor.loaders import build_plugin_manager
 
     reference = config_reference()

@@ -9,76 +9,26 @@ custom resources with no schema there, so their required fields are checked here
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate.utils as kv
 import pytest
 import yaml
+from helpers.k8s import K8S, one, overlay, render, render_cached, tool
 from helpers.support import CLI, ROOT, cli_env
 
-K8S = ROOT / "k8s"
-VENV_BIN = Path(sys.executable).parent
 # The Kubernetes versions the objects must be valid for: the newest schema shipped, and the
 # oldest minor version EKS still supports in standard support.
 KUBERNETES_VERSIONS = (kv.latest_version(), "1.30.0")
 RESTRICTED_VOLUME_TYPES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral",
                            "persistentVolumeClaim", "projected", "secret"}
 UID = 10001  # the Dockerfile's USER
-
-
-def _tool(name: str) -> str:
-    found = shutil.which(name, path=str(VENV_BIN)) or shutil.which(name)
-    if not found:
-        pytest.fail(f"{name} is not installed; `make test` installs it with the dev extra")
-    return found
-
-
-KUBECTL = _tool("kubectl")
-
-
-def _kustomize(directory: str) -> str:
-    result = subprocess.run([KUBECTL, "kustomize", directory], capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, f"kubectl kustomize {directory} failed:\n{result.stderr}"
-    return result.stdout
-
-
-# The shipped kustomizations do not change during a run: render each once.
-_render_cached = functools.lru_cache(maxsize=None)(_kustomize)
-
-
-def render(directory: Path, *, fresh: bool = False) -> list[dict[str, Any]]:
-    """The objects ``kubectl apply -k directory`` would send (new copies each call).
-
-    ``fresh`` renders again instead of reusing an earlier rendering of the same folder, for
-    tests that edit the files.
-    """
-    text = _kustomize(str(directory)) if fresh else _render_cached(str(directory))
-    return [d for d in yaml.safe_load_all(text) if d]
-
-
-def overlay(tmp_path: Path, name: str = "overlay", **kustomization: Any) -> Path:
-    """A kustomization beside the test's files that uses parts of k8s/ by relative path."""
-    folder = tmp_path / name
-    folder.mkdir(parents=True)
-
-    def rel(path: Path) -> str:
-        return os.path.relpath(path, folder)
-
-    body = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
-    for key, value in kustomization.items():
-        if key in ("resources", "components"):
-            value = [rel(v) if isinstance(v, Path) else v for v in value]
-        body[key] = value
-    (folder / "kustomization.yaml").write_text(yaml.safe_dump(body, sort_keys=False))
-    return folder
+KUBECTL = tool("kubectl")
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +36,6 @@ def keda_enabled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The production kustomization with components/keda switched on."""
     return overlay(tmp_path_factory.mktemp("keda"), resources=[K8S],
                    components=[K8S / "components" / "keda"])
-
-
-def one(objects: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [o for o in objects if o["kind"] == kind
-             and (name is None or o["metadata"]["name"] == name)]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
 
 
 def configmap(objects: list[dict[str, Any]], prefix: str) -> dict[str, Any]:
@@ -177,7 +120,8 @@ def test_the_schema_check_rejects_an_unknown_field():
 def test_only_the_keda_rendering_holds_custom_resources(keda_enabled):
     for rendering in ("production", "dev-overlay"):
         assert not [o for o in render(RENDERINGS[rendering](keda_enabled))
-                    if not o["apiVersion"].startswith(("v1", "apps/", "policy/"))]
+                    if not o["apiVersion"].startswith(("v1", "apps/", "policy/",
+                                                       "networking.k8s.io/"))]
     kinds = {o["kind"] for o in render(keda_enabled) if o["apiVersion"].startswith("keda.sh/")}
     assert kinds == {"ScaledObject", "TriggerAuthentication"}
 
@@ -268,6 +212,50 @@ def test_the_processor_writes_only_to_tmp_and_runs_as_the_image_user():
     assert spec["securityContext"]["runAsUser"] == c["securityContext"]["runAsUser"] == UID
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(rf"^USER {UID}:{UID}$", dockerfile, flags=re.M)
+
+
+# --------------------------------------------------------------------------------------------
+# NetworkPolicy
+# --------------------------------------------------------------------------------------------
+
+
+def _policies_for(objects: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == "NetworkPolicy"
+            and o["spec"]["podSelector"]["matchLabels"].items() <= labels.items()]
+
+
+def _allowed_egress_ports(policies: list[dict[str, Any]]) -> set[tuple[Any, str]]:
+    return {(p["port"], p["protocol"]) for policy in policies
+            for rule in policy["spec"].get("egress", []) for p in rule["ports"]}
+
+
+@pytest.mark.parametrize("rendering", RENDERINGS)
+def test_network_policy_admits_only_the_health_port_and_lets_out_only_dns_and_https(
+        rendering, keda_enabled):
+    objects = render(RENDERINGS[rendering](keda_enabled))
+    deployment = processor(objects)
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    policies = _policies_for(objects, labels)
+    base = one(objects, "NetworkPolicy", "sqs-processor")
+    assert base in policies
+    assert set(base["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    # In: one rule, the named health port (probes, /health, /metrics), from anywhere.
+    ports = {p["name"]: p["containerPort"] for p in container(deployment, "sqs-processor")["ports"]}
+    (ingress,) = base["spec"]["ingress"]
+    assert [(p["port"], p["protocol"]) for p in ingress["ports"]] == [("health", "TCP")]
+    assert set(ports) == {"health"}
+    # Out: DNS over UDP and TCP, and HTTPS; nothing else from the base policy.
+    assert _allowed_egress_ports([base]) == {(53, "UDP"), (53, "TCP"), (443, "TCP")}
+    extra = [p for p in policies if p is not base]
+    if rendering == "dev-overlay":
+        (to_jaeger,) = extra
+        (rule,) = to_jaeger["spec"]["egress"]
+        assert rule["to"] == [{"podSelector": {"matchLabels": {"app": "jaeger"}}}]
+        assert _allowed_egress_ports(extra) == {(4317, "TCP"), (4318, "TCP")}
+        jaeger = one(objects, "NetworkPolicy", "jaeger")
+        assert jaeger["spec"]["egress"] == []
+    else:
+        assert extra == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,7 +398,7 @@ def test_the_deployment_values_are_set_in_one_place(tmp_path):
         "registry.example.test/team/sqs-processor:0.1.0"
     trigger = one(objects, "ScaledObject")["spec"]["triggers"][0]["metadata"]
     assert trigger["awsRegion"] == "eu-central-1"
-    rendered = _render_cached(str(keda))
+    rendered = render_cached(str(keda))
     assert "123456789012" not in rendered  # no second copy of the account id anywhere
 
 
@@ -452,14 +440,14 @@ def test_the_dev_overlay_adds_jaeger_and_points_the_processor_at_it():
     # The base knows nothing of Jaeger or tracing endpoints.
     base = render(K8S)
     assert not [o for o in base if o["metadata"]["name"] == "jaeger"]
-    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in _render_cached(str(K8S))
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in render_cached(str(K8S))
 
 
 # --------------------------------------------------------------------------------------------
 # The Dockerfile
 # --------------------------------------------------------------------------------------------
 
-HADOLINT = _tool("hadolint")
+HADOLINT = tool("hadolint")
 
 
 def test_the_dockerfile_lints_clean_with_hadolint():
@@ -510,14 +498,14 @@ def deploy_env(tmp_path: Path) -> tuple[dict[str, str], Path]:
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     log = tmp_path / "calls.log"
-    for tool in ("bash", "sed", "grep", "head", "mktemp", "dirname", "basename", "cat", "rm",
-                 "date", "git", "env"):
-        path = shutil.which(tool)
-        assert path, f"{tool} is needed by deploy.sh"
-        (bin_dir / tool).symlink_to(path)
-    for tool in ("docker", "aws"):
-        stub = bin_dir / tool
-        stub.write_text(f'#!{shutil.which("bash")}\necho "{tool} $*" >> "{log}"\nexit 1\n')
+    for command in ("bash", "sed", "grep", "head", "mktemp", "dirname", "basename", "cat", "rm",
+                    "date", "git", "env"):
+        path = shutil.which(command)
+        assert path, f"{command} is needed by deploy.sh"
+        (bin_dir / command).symlink_to(path)
+    for command in ("docker", "aws"):
+        stub = bin_dir / command
+        stub.write_text(f'#!{shutil.which("bash")}\necho "{command} $*" >> "{log}"\nexit 1\n')
         stub.chmod(0o755)
     kubectl = bin_dir / "kubectl"
     kubectl.write_text(f'#!{shutil.which("bash")}\n'
@@ -559,10 +547,69 @@ def test_deploy_dry_run_prints_build_push_and_apply_and_runs_none_of_them(deploy
     assert f"+ docker build --tag {image} " in out
     assert f"+ docker push {image}" in out
     assert "+ kubectl apply -k" in out
+    assert f"image: {REGISTRY}/sqs-processor@sha256:<digest of the pushed image>" in out
     assert "AWS_ACCOUNT_ID=210987654321" in out
     assert "rollout status deployment/sqs-processor" in out
     assert not log.exists(), f"the dry run called: {log.read_text()}"
     assert not list(k8s.parent.glob(".deploy.*")), "the temporary overlay was left behind"
+
+
+def test_deploy_applies_the_image_by_the_digest_the_push_returned(deploy_env, tmp_path):
+    env, log = deploy_env
+    bin_dir = Path(env["PATH"])
+    digest = "sha256:" + "ab" * 32
+    other = "sha256:" + "cd" * 32
+    image = f"{REGISTRY}/sqs-processor:1.2.3"
+    # Stand-ins that succeed: docker knows the pushed image's digests (one from another
+    # registry), kubectl records the overlay it was asked to apply.
+    (bin_dir / "docker").write_text(
+        f'#!{shutil.which("bash")}\necho "docker $*" >> "{log}"\n'
+        f'if [ "$1" = login ]; then cat > /dev/null; fi\n'
+        f'if [ "$1 $2" = "image inspect" ]; then '
+        f'echo "mirror.example.test/sqs-processor@{other} {REGISTRY}/sqs-processor@{digest}"; fi\n')
+    (bin_dir / "aws").write_text(f'#!{shutil.which("bash")}\necho token\n')
+    applied = tmp_path / "applied"
+    (bin_dir / "kubectl").write_text(
+        f'#!{shutil.which("bash")}\n'
+        f'if [ "$1" = kustomize ]; then exec "{KUBECTL}" "$@"; fi\n'
+        f'echo "kubectl $*" >> "{log}"\n'
+        f'if [ "$1" = apply ]; then exec "{KUBECTL}" kustomize "$3" > "{applied}"; fi\n')
+    result = _deploy(env, "--tag", "1.2.3", "--k8s-dir", str(_edited_k8s(tmp_path)), REGISTRY,
+                     "210987654321")
+    assert result.returncode == 0, result.stderr
+    calls = log.read_text()
+    assert f"docker push {image}" in calls
+    assert "rollout status deployment/sqs-processor" in calls
+    objects = [d for d in yaml.safe_load_all(applied.read_text()) if d]
+    assert container(processor(objects), "sqs-processor")["image"] == \
+        f"{REGISTRY}/sqs-processor@{digest}"
+
+
+def test_deploy_with_a_digest_builds_nothing_and_needs_only_kubectl(deploy_env, tmp_path):
+    env, log = deploy_env
+    for command in ("docker", "aws"):
+        (Path(env["PATH"]) / command).unlink()
+    digest = "sha256:" + "ef" * 32
+    result = _deploy(env, "--dry-run", "--digest", digest, "--k8s-dir",
+                     str(_edited_k8s(tmp_path)), REGISTRY, "210987654321")
+    assert result.returncode == 0, result.stderr
+    assert "docker" not in result.stdout and "aws ecr" not in result.stdout
+    assert f"image: {REGISTRY}/sqs-processor@{digest}" in result.stdout
+    assert "rollout status deployment/sqs-processor" in result.stdout
+    assert not log.exists()
+
+
+def test_deploy_stops_when_the_registry_returned_no_digest(deploy_env, tmp_path):
+    env, log = deploy_env
+    bin_dir = Path(env["PATH"])
+    (bin_dir / "docker").write_text(f'#!{shutil.which("bash")}\necho "docker $*" >> "{log}"\n'
+                                    f'if [ "$1" = login ]; then cat > /dev/null; fi\n')
+    (bin_dir / "aws").write_text(f'#!{shutil.which("bash")}\necho token\n')
+    result = _deploy(env, "--tag", "1.2.3", "--k8s-dir", str(_edited_k8s(tmp_path)), REGISTRY,
+                     "210987654321")
+    assert result.returncode == 2
+    assert "the registry returned no digest" in result.stderr
+    assert "kubectl apply" not in log.read_text()
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -574,6 +621,9 @@ def test_deploy_dry_run_prints_build_push_and_apply_and_runs_none_of_them(deploy
     (("--tag", "latest", REGISTRY, "210987654321"), "--tag latest"),
     (("--region", "moon", REGISTRY, "210987654321"), "is not an AWS region name"),
     (("--frobnicate", REGISTRY, "210987654321"), "unknown option --frobnicate"),
+    (("--digest", "sha256:abc", REGISTRY, "210987654321"), "is not an image digest"),
+    (("--digest", "sha256:" + "0" * 64, "--tag", "1", REGISTRY, "210987654321"),
+     "--tag and --digest exclude each other"),
 ])
 def test_deploy_rejects_bad_arguments_with_a_clear_message(deploy_env, tmp_path, args, message):
     env, log = deploy_env

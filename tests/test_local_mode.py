@@ -187,8 +187,12 @@ def _make_plan(*args: str) -> list[str]:
 
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
-    result = subprocess.run(["make", "-n", "-W", "pyproject.toml", *args], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    # Under `make test` the suite runs inside make: its MAKEFLAGS and MAKELEVEL would make this
+    # make print "Entering/Leaving directory" lines among the commands.
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    result = subprocess.run(["make", "--no-print-directory", "-n", "-W", "pyproject.toml",
+                             *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 

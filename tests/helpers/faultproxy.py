@@ -14,7 +14,9 @@ Rules pick requests (service, operation, S3 key prefix, or any predicate) and ac
 =====================  ========================================================================
 ``Delay(s)``           wait ``s`` seconds, then forward (a slow network or a slow server)
 ``DelayResponse(s)``   forward at once (the server acts), then hold the answer for ``s`` seconds
-``Error(...)``         answer with a canned S3 XML or SQS JSON error; nothing is forwarded
+``Hold(event)``        hold the request until ``event`` is set (a frozen endpoint), then forward
+``Error(...)``         answer with a canned S3 XML or SQS JSON error; nothing is forwarded (the
+                       message may be a function of the request, to quote what it carried)
 ``DropBeforeForward``  reset the connection; the server never sees the request
 ``DropAfterForward``   forward and let the server commit, then reset the connection without an
                        answer ("committed, then the response was lost")
@@ -90,10 +92,18 @@ class DelayResponse:
 
 
 @dataclass(frozen=True)
+class Hold:
+    """Hold each matching request until ``release`` is set (at most ``limit`` seconds)."""
+
+    release: threading.Event
+    limit: float = 120.0
+
+
+@dataclass(frozen=True)
 class Error:
     status: int
     code: str
-    message: str = "injected by the fault proxy"
+    message: str | Callable[[Request], str] = "injected by the fault proxy"
     sender_fault: bool = False  # SQS only: a client error rather than a server error
 
 
@@ -120,9 +130,10 @@ class FailEntries:
     code: str = "InternalError"
     sender_fault: bool = False
     select: Callable[[dict[str, Any]], bool] | None = None  # None: every entry
+    message: str | Callable[[dict[str, Any]], str] = "injected by the fault proxy"  # per entry
 
 
-Action = Delay | DelayResponse | Error | DropBeforeForward | DropAfterForward | FailEntries
+Action = Delay | DelayResponse | Hold | Error | DropBeforeForward | DropAfterForward | FailEntries
 
 
 @dataclass
@@ -380,6 +391,10 @@ class _Handler(BaseHTTPRequestHandler):
             request.outcome = "delayed"
             time.sleep(action.seconds)
             self._forward_and_answer(request)
+        elif isinstance(action, Hold):
+            request.outcome = "held"
+            action.release.wait(action.limit)
+            self._forward_and_answer(request)
         elif isinstance(action, DelayResponse):
             request.outcome = "response delayed"
             status, reason, headers, body = self._forward(request, request.body)
@@ -456,16 +471,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _answer_error(self, request: Request, error: Error) -> None:
         request_id = uuid.uuid4().hex
+        message = error.message(request) if callable(error.message) else error.message
         if request.service == "sqs":
             kind = "Sender" if error.sender_fault else "Receiver"
             body = json.dumps({"__type": f"com.amazonaws.sqs#{error.code}",
-                               "message": error.message}).encode()
+                               "message": message}).encode()
             headers = [("Content-Type", SQS_JSON), ("x-amzn-RequestId", request_id),
                        ("x-amzn-query-error", f"{error.code};{kind}")]
         else:
             resource = f"/{request.bucket or ''}/{request.key or ''}".rstrip("/")
             body = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{error.code}</Code>'
-                    f"<Message>{error.message}</Message><Resource>{resource}</Resource>"
+                    f"<Message>{message}</Message><Resource>{resource}</Resource>"
                     f"<RequestId>{request_id}</RequestId></Error>").encode()
             headers = [("Content-Type", "application/xml"), ("x-amz-request-id", request_id)]
         self._answer(request, error.status, http.client.responses.get(error.status, ""),
@@ -489,7 +505,7 @@ class _Handler(BaseHTTPRequestHandler):
         failing = self.server.proxy._pick(entries, action)
         kept = [e for e, fail in zip(entries, failing, strict=True) if not fail]
         failed = [{"Id": e["Id"], "Code": action.code, "SenderFault": action.sender_fault,
-                   "Message": "injected by the fault proxy"}
+                   "Message": action.message(e) if callable(action.message) else action.message}
                   for e, fail in zip(entries, failing, strict=True) if fail]
         result: dict[str, Any] = {"Successful": [], "Failed": []}
         headers: list[tuple[str, str]] = [("Content-Type", SQS_JSON)]

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,11 @@ from helpers.support import CLI
 class ChildProcess:
     """One ``sqs-processor ARGS...`` child, its stderr collected line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str], name: str = "processor") -> None:
+    def __init__(self, args: list[str], env: dict[str, str], name: str = "processor",
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         self.name = name
         self.proc = subprocess.Popen([*CLI, *args], env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, text=True)
+                                     stderr=subprocess.PIPE, text=True, preexec_fn=preexec_fn)
         self.lines: list[str] = []  # every stderr line, as written
         self.records: list[dict[str, Any]] = []  # the lines that are JSON log records
         self.other_lines: list[str] = []
@@ -114,6 +116,7 @@ class ProcessorProcess(ChildProcess):
     default, so the per-message events (stored, acked, received) are there to assert on."""
 
     def __init__(self, config: Path, env: dict[str, str], name: str = "processor",
-                 log_level: str = "debug") -> None:
+                 log_level: str = "debug",
+                 preexec_fn: Callable[[], None] | None = None) -> None:
         super().__init__(["--log-level", log_level, "run", "--config", str(config),
-                          "--log-format", "json"], env, name)
+                          "--log-format", "json"], env, name, preexec_fn)
