@@ -3,6 +3,7 @@
     python -m bench.contenders baseline --endpoint URL --queue-url URL --bucket NAME \
         --prefix PREFIX --expect N --out FILE
     python -m bench.contenders ceiling ... --workers 32 --lanes 16
+    python -m bench.contenders ceiling-obstore ... --workers 32 --lanes 16
 
 **baseline**: the original service's loop, literally, without its 30 s pause: one thread
 receives up to ten messages (long poll, all attributes), then for each message builds the
@@ -79,9 +80,43 @@ def run_baseline(sqs: Any, s3: Any, args: argparse.Namespace, measurement: Measu
 
 # -- ceiling: the bare concurrent loop -----------------------------------------------------------
 
-def run_ceiling(sqs: Any, s3: Any, args: argparse.Namespace, measurement: Measurement) -> None:
-    import orjson
+def boto3_put(s3: Any, args: argparse.Namespace) -> Any:
     from botocore.exceptions import ClientError
+
+    def put(key: str, body: bytes) -> None:
+        try:
+            s3.put_object(Bucket=args.bucket, Key=key, Body=body,
+                          ContentType="application/json", IfNoneMatch="*")
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 412:
+                raise
+
+    return put
+
+
+def obstore_put(session: Any, args: argparse.Namespace) -> Any:
+    import obstore
+    from obstore.auth.boto3 import Boto3CredentialProvider
+    from obstore.exceptions import AlreadyExistsError
+    from obstore.store import S3Store
+
+    store = S3Store(args.bucket, endpoint=args.endpoint, region=args.region,
+                    virtual_hosted_style_request=False,
+                    client_options={"allow_http": args.endpoint.startswith("http://")},
+                    retry_config={"max_retries": 4},
+                    credential_provider=Boto3CredentialProvider(session))
+
+    def put(key: str, body: bytes) -> None:
+        with contextlib.suppress(AlreadyExistsError):  # stored by an earlier delivery
+            obstore.put(store, key, body, mode="create", use_multipart=False,
+                        attributes={"Content-Type": "application/json"})
+
+    return put
+
+
+def run_ceiling(sqs: Any, put: Any, args: argparse.Namespace,
+                measurement: Measurement) -> None:
+    import orjson
 
     done = threading.Event()
     errors: list[str] = []
@@ -97,12 +132,7 @@ def run_ceiling(sqs: Any, s3: Any, args: argparse.Namespace, measurement: Measur
         document["receipt_handle"] = message["ReceiptHandle"]
         sent = datetime.fromtimestamp(int(message["Attributes"]["SentTimestamp"]) / 1000, UTC)
         key = f"{args.prefix}{sent:%Y/%m/%d/%H}/{message['MessageId']}.json"
-        try:
-            s3.put_object(Bucket=args.bucket, Key=key, Body=orjson.dumps(document),
-                          ContentType="application/json", IfNoneMatch="*")
-        except ClientError as exc:
-            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") != 412:
-                raise
+        put(key, orjson.dumps(document))
 
     def lane() -> None:
         try:
@@ -130,7 +160,8 @@ def run_ceiling(sqs: Any, s3: Any, args: argparse.Namespace, measurement: Measur
         raise SystemExit(f"ceiling failed: {errors[0]}")
 
 
-CONTENDERS = {"baseline": run_baseline, "ceiling": run_ceiling}
+CONTENDERS = {"baseline": run_baseline, "ceiling": run_ceiling,
+              "ceiling-obstore": run_ceiling}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,7 +194,12 @@ def main(argv: list[str] | None = None) -> int:
     measurement.start()
     code = 0
     try:
-        CONTENDERS[args.name](sqs, s3, args, measurement)
+        if args.name == "baseline":
+            run_baseline(sqs, s3, args, measurement)
+        else:
+            put = obstore_put(session, args) if args.name == "ceiling-obstore" \
+                else boto3_put(s3, args)
+            run_ceiling(sqs, put, args, measurement)
     except SystemExit as exc:
         print(exc, file=sys.stderr)
         code = 1

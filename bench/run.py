@@ -103,8 +103,11 @@ CONTENDERS: tuple[Contender, ...] = (
               "delete each message in turn, no pause", reference="baseline", subset=True),
     Contender("ceiling", "reference", "bare boto3: {lanes} receive loops, {workers} PUT threads, "
               "one DeleteMessageBatch per batch", reference="ceiling"),
+    Contender("ceiling-obstore", "reference", "bare loop as the ceiling, each PUT through obstore "
+              "(the processor's default S3 client)", reference="ceiling-obstore"),
     Contender("sqs-processor-default", "processor",
-              "sqs-processor, shipped defaults (10 workers, 1 poller, 20 in flight)"),
+              "sqs-processor, shipped defaults (obstore for S3, 10 workers, 1 poller, 500 "
+              "messages / 64 MiB in flight)"),
     Contender("sqs-processor-tuned", "processor",
               "sqs-processor, {workers} workers, {pollers} pollers, {max_in_flight} in flight, "
               "source {source}", service=TUNED_SERVICE, source=TUNED_SOURCE),
@@ -115,6 +118,7 @@ CONTENDERS: tuple[Contender, ...] = (
 )
 BY_NAME = {c.name: c for c in CONTENDERS}
 PROCESSOR_TUNED = "sqs-processor-tuned"
+PROCESSOR_DEFAULT = "sqs-processor-default"
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,7 +281,7 @@ def _wait_for(path: Path, child: Child, timeout: float) -> bool:
 
 @dataclass
 class Scenario:
-    mode: str  # "drain" or "steady"
+    mode: str  # "drain", "big" (a drain of 1 MiB messages) or "steady"
     latency_ms: float
     messages: int
     rate: float = 0.0
@@ -295,8 +299,8 @@ def run_contender(server: Server, contender: Contender, scenario: Scenario, work
     queue_url = sqs.create_queue(QueueName=queue_name,
                                  Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
     s3.create_bucket(Bucket=bucket)
-    if scenario.mode == "drain":
-        workload.preload(sqs, queue_url, scenario.messages)
+    if scenario.mode in ("drain", "big"):
+        workload.preload(sqs, queue_url, scenario.messages, big=scenario.mode == "big")
     server.latency(scenario.latency_ms)
     before = server.call("stats", method="GET")
     child = _start_child(contender, workdir, server.url, queue_url, bucket, scenario.messages)
@@ -447,7 +451,7 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     packages = {}
-    for name in ("boto3", "botocore", "moto", "waitress", "sqs-processor"):
+    for name in ("boto3", "botocore", "obstore", "moto", "waitress", "sqs-processor"):
         try:
             packages[name] = version(name)
         except Exception:
@@ -468,10 +472,11 @@ def add_ratios(runs: list[dict[str, Any]]) -> None:
     for run in runs:
         peers = {r["contender"]: r for r in runs
                  if r["latency_ms"] == run["latency_ms"] and r["mode"] == run["mode"]}
-        for ref in ("baseline", "ceiling"):
+        for ref in ("baseline", "ceiling", "ceiling-obstore"):
             other = peers.get(ref, {})
-            run[f"speed_x_{ref}"] = _ratio(run.get("msgs_per_s"), other.get("msgs_per_s"))
-            run[f"cpu_x_{ref}"] = _ratio(run.get("cpu_ms_per_msg"), other.get("cpu_ms_per_msg"))
+            key = ref.replace("-", "_")
+            run[f"speed_x_{key}"] = _ratio(run.get("msgs_per_s"), other.get("msgs_per_s"))
+            run[f"cpu_x_{key}"] = _ratio(run.get("cpu_ms_per_msg"), other.get("cpu_ms_per_msg"))
 
 
 def _fmt(value: Any, spec: str = ".1f") -> str:
@@ -482,7 +487,8 @@ def _fmt(value: Any, spec: str = ".1f") -> str:
 
 def table(runs: list[dict[str, Any]]) -> str:
     header = ("contender", "lat ms", "msgs", "msg/s", "CPU ms/msg", "RSS MiB", "p50 s", "p99 s",
-              "x base", "x ceil", "CPU x base", "CPU x ceil", "srv ms/msg", "req/msg", "check")
+              "x base", "x ceil", "x ceil-ob", "CPU x base", "CPU x ceil", "CPU x ceil-ob",
+              "srv ms/msg", "req/msg", "check")
     rows = [header]
     for run in runs:
         latency = run.get("latency_s") or {}
@@ -493,8 +499,11 @@ def table(runs: list[dict[str, Any]]) -> str:
             _fmt(run.get("msgs_per_s"), ".0f"), _fmt(run.get("cpu_ms_per_msg"), ".2f"),
             _fmt(run.get("peak_rss_mib"), ".0f"), _fmt(latency.get("p50"), ".2f"),
             _fmt(latency.get("p99"), ".2f"), _fmt(run.get("speed_x_baseline"), ".1f"),
-            _fmt(run.get("speed_x_ceiling"), ".2f"), _fmt(run.get("cpu_x_baseline"), ".2f"),
-            _fmt(run.get("cpu_x_ceiling"), ".2f"), _fmt(server.get("cpu_ms_per_msg"), ".2f"),
+            _fmt(run.get("speed_x_ceiling"), ".2f"),
+            _fmt(run.get("speed_x_ceiling_obstore"), ".2f"),
+            _fmt(run.get("cpu_x_baseline"), ".2f"), _fmt(run.get("cpu_x_ceiling"), ".2f"),
+            _fmt(run.get("cpu_x_ceiling_obstore"), ".2f"),
+            _fmt(server.get("cpu_ms_per_msg"), ".2f"),
             _fmt(server.get("requests_per_msg"), ".2f"),
             "ok" if check.get("ok") and "error" not in run else "FAILED"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
@@ -508,9 +517,9 @@ def table(runs: list[dict[str, Any]]) -> str:
 
 
 def evaluate_targets(drains: list[dict[str, Any]], steady: list[dict[str, Any]],
-                     n: int) -> list[dict[str, Any]]:
-    """The issue's targets 3-6 for sqs-processor-tuned (and -default where it applies), and 8
-    for sqs-processor-batched."""
+                     big: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
+    """Issue 12's targets: the shipped defaults against the baseline and both bare ceilings,
+    peak RSS in every drain (the 1 MiB one included), p99 under a steady feed, batched mode."""
     targets: list[dict[str, Any]] = []
     latencies = sorted({r["latency_ms"] for r in drains})
     at = 20.0 if 20.0 in latencies else (latencies[-1] if latencies else None)
@@ -518,30 +527,32 @@ def evaluate_targets(drains: list[dict[str, Any]], steady: list[dict[str, Any]],
     def find(runs: list[dict[str, Any]], name: str) -> dict[str, Any]:
         return next((r for r in runs if r["contender"] == name and r["latency_ms"] == at), {})
 
-    tuned = find(drains, PROCESSOR_TUNED)
+    default = find(drains, PROCESSOR_DEFAULT)
 
-    def add(number: int, text: str, value: float | None, limit: float, higher: bool) -> None:
+    def add(text: str, value: float | None, limit: float, higher: bool) -> None:
         holds = None if value is None else (value >= limit if higher else value <= limit)
-        targets.append({"target": number, "what": text, "value": value, "limit": limit,
-                        "holds": holds})
+        targets.append({"what": text, "value": value, "limit": limit, "holds": holds})
 
-    add(3, f"msg/s vs baseline at {at:g} ms (>= 10x)" if at is not None else "msg/s vs baseline",
-        tuned.get("speed_x_baseline"), 10.0, True)
-    add(3, "msg/s vs ceiling (>= 0.9x)", tuned.get("speed_x_ceiling"), 0.9, True)
-    add(4, "CPU/msg vs baseline (<= 0.6x)", tuned.get("cpu_x_baseline"), 0.6, False)
-    add(4, "CPU/msg vs ceiling (<= 1.15x)", tuned.get("cpu_x_ceiling"), 1.15, False)
+    where = f" at {at:g} ms" if at is not None else ""
+    add(f"defaults msg/s vs baseline{where} (>= 15x)", default.get("speed_x_baseline"), 15.0,
+        True)
+    add("defaults msg/s vs boto3 ceiling (>= 1.2x)", default.get("speed_x_ceiling"), 1.2, True)
+    add("defaults CPU/msg vs baseline (<= 0.35x)", default.get("cpu_x_baseline"), 0.35, False)
+    add("defaults CPU/msg vs boto3 ceiling (<= 0.5x)", default.get("cpu_x_ceiling"), 0.5, False)
+    add("defaults CPU/msg vs obstore ceiling (<= 1.2x)", default.get("cpu_x_ceiling_obstore"),
+        1.2, False)
     batched = find(drains, "sqs-processor-batched")
     if batched:
-        add(8, "batched msg/s vs baseline (>= 40x)", batched.get("speed_x_baseline"), 40.0, True)
-        add(8, "batched CPU/msg vs baseline (<= 0.2x)", batched.get("cpu_x_baseline"), 0.2,
-            False)
-    peak = max((r.get("peak_rss_mib") or 0 for r in drains
-                if r["contender"].startswith("sqs-processor")), default=None)
-    add(5, f"peak RSS MiB, any sqs-processor drain of {n} messages (< 150)", peak, 150, False)
+        add("batched msg/s vs baseline (>= 60x)", batched.get("speed_x_baseline"), 60.0, True)
+    for runs, what in ((drains, f"{n} messages"), (big, "1 MiB messages")):
+        peak = max((r.get("peak_rss_mib") or 0 for r in runs
+                    if r["contender"].startswith("sqs-processor")), default=None)
+        if runs:
+            add(f"peak RSS MiB, any sqs-processor drain of {what} (< 150)", peak, 150, False)
     for run in steady:
-        if run["contender"].startswith("sqs-processor") and "batched" not in run["contender"]:
+        if run["contender"] == PROCESSOR_DEFAULT:
             p99 = (run.get("latency_s") or {}).get("p99")
-            add(6, f"p99 s at {run['rate']:g} msg/s, {run['contender']} (< 1 s)", p99, 1.0, False)
+            add(f"p99 s at {run['rate']:g} msg/s, defaults (< 1 s)", p99, 1.0, False)
     return targets
 
 
@@ -576,10 +587,17 @@ def print_report(report: dict[str, Any]) -> None:
               "(p50/p99 are the figures that matter here):")
         print(table(report["steady"]))
     print()
-    print("Targets (sqs-processor-tuned unless named):")
+    if report["big"]:
+        print()
+        print(f"Drain of {report['big'][0]['messages']} messages of 1 MiB (plain JSON, emoji "
+              "text, a JSON string of escapes, in turn) at "
+              f"{report['big'][0]['latency_ms']:g} ms; peak RSS is the figure here:")
+        print(table(report["big"]))
+    print()
+    print("Targets (issue 12):")
     for t in report["targets"]:
         state = {True: "holds", False: "DOES NOT HOLD", None: "not measured"}[t["holds"]]
-        print(f"  {t['target']}. {t['what']}: {_fmt(t['value'], '.2f')} -> {state}")
+        print(f"  {t['what']}: {_fmt(t['value'], '.2f')} -> {state}")
     profile = report.get("profile")
     if profile:
         print()
@@ -599,7 +617,7 @@ def print_report(report: dict[str, Any]) -> None:
             parts = ", ".join(f"{row['share'] * 100:.0f}% {row['state']}" for row in states
                               if row["share"] >= 0.01)
             print(f"  {role}s: {parts}")
-    failed = [r for r in report["drains"] + report["steady"]
+    failed = [r for r in report["drains"] + report["big"] + report["steady"]
               if "error" in r or not r.get("check", {}).get("ok")]
     print()
     if failed:
@@ -632,7 +650,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--steady-latency-ms", type=float, default=None,
                         help="default: the highest of --latency-ms")
     parser.add_argument("--steady-contenders",
-                        default="ceiling,sqs-processor-default,sqs-processor-tuned,sqs-processor-batched")
+                        default="ceiling,ceiling-obstore,sqs-processor-default,"
+                                "sqs-processor-tuned,sqs-processor-batched")
+    parser.add_argument("--big-n", type=int, default=150,
+                        help="1 MiB messages in the big drain (default 150; 0 skips it)")
+    parser.add_argument("--big-contenders",
+                        default="ceiling,ceiling-obstore,sqs-processor-default")
     parser.add_argument("--quick", action="store_true",
                         help="a short run: n=2000, baseline-n=300, 20 ms only, 10 s steady feed")
     parser.add_argument("--profile", action="store_true",
@@ -654,6 +677,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.quick:
         args.n, args.baseline_n, args.latency_ms = 2000, 300, "20"
         args.steady_seconds = min(args.steady_seconds, 10.0)
+        args.big_n = min(args.big_n, 30)
     for item in filter(None, (x.strip() for x in args.tuned.split(","))):
         key, _, value = item.partition("=")
         target = TUNED_SERVICE if key in ("workers", "pollers", "max_in_flight") else TUNED_SOURCE
@@ -661,6 +685,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.latencies = [float(x) for x in args.latency_ms.split(",") if x.strip()]
     args.contender_list = _names(args.contenders, parser)
     args.steady_list = _names(args.steady_contenders, parser) if args.steady_seconds > 0 else []
+    args.big_list = _names(args.big_contenders, parser) if args.big_n > 0 else []
     if args.steady_latency_ms is None:
         args.steady_latency_ms = max(args.latencies) if args.latencies else 20.0
     return args
@@ -683,6 +708,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = Server(http_server=args.http_server, fast_put=args.fast_put)
     drains: list[dict[str, Any]] = []
     steady: list[dict[str, Any]] = []
+    big: list[dict[str, Any]] = []
     profile = None
     try:
         with tempfile.TemporaryDirectory(prefix="sqs-bench-") as tmp:
@@ -696,6 +722,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                                         workdir, timeout)
                     drains.append(run)
                     _progress_result(run)
+            big_latency = max(args.latencies) if args.latencies else 20.0
+            for contender in args.big_list:
+                _progress(f"1 MiB drain: {contender.name}, {args.big_n} messages, "
+                          f"{big_latency:g} ms")
+                run = run_contender(server, contender, Scenario("big", big_latency, args.big_n),
+                                    workdir, args.timeout or max(180.0, args.big_n * 2.0))
+                big.append(run)
+                _progress_result(run)
             for contender in args.steady_list:
                 scenario = Scenario("steady", args.steady_latency_ms,
                                     int(args.steady_rate * args.steady_seconds),
@@ -713,6 +747,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         server.stop()
     add_ratios(drains)
+    add_ratios(big)
     add_ratios(steady)
     report = {
         "date": started.isoformat(timespec="seconds"),
@@ -720,18 +755,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": machine(),
         "settings": {"n": args.n, "baseline_n": args.baseline_n, "latencies_ms": args.latencies,
                      "steady_rate": args.steady_rate, "steady_seconds": args.steady_seconds,
+                     "big_n": args.big_n,
                      "tuned_service": TUNED_SERVICE, "tuned_source": TUNED_SOURCE,
                      "contenders": {c.name: c.text() for c in CONTENDERS}},
         "emulator": {k: server.facts.get(k) for k in ("http_server", "patches")},
         "drains": drains,
+        "big": big,
         "steady": steady,
-        "targets": evaluate_targets(drains, steady, args.n),
+        "targets": evaluate_targets(drains, steady, big, args.n),
         "profile": profile,
         "out": str(out),
     }
     out.write_text(json.dumps(report, indent=1), encoding="utf-8")
     print_report(report)
-    failed = any("error" in r or not r.get("check", {}).get("ok") for r in drains + steady)
+    failed = any("error" in r or not r.get("check", {}).get("ok")
+                 for r in drains + big + steady)
     return 1 if failed else 0
 
 

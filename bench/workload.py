@@ -81,9 +81,45 @@ def entry_for(index: int, seed: int = 1) -> dict[str, Any]:
     return entry
 
 
+MIB = 1024 * 1024
+
+
+def _fill(unit: str, head: str = "", tail: str = "") -> str:
+    """``head + unit * n + tail``, as long as it stays within SQS's 1 MiB of UTF-8."""
+    room = MIB - len((head + tail).encode("utf-8"))
+    return head + unit * (room // len(unit.encode("utf-8"))) + tail
+
+
+BIG_BODIES = (
+    _fill("abcdefgh", '{"text": "', '"}'),  # plain JSON: 1 byte a character
+    _fill('😀 say "hi" \\ back\n'),  # emoji text: 4 bytes a character held, escapes
+    _fill('\\"\\\\', '"', '"'),  # a JSON string of escapes: doubles when encoded
+)
+"""Maximum-size bodies of the three kinds whose memory cost differs most (the 1 MiB drain)."""
+
+
+def big_entry_for(index: int) -> dict[str, Any]:
+    """Message ``index`` of the 1 MiB drain: the three kinds in turn, each made unique."""
+    kind = index % len(BIG_BODIES)
+    body, tag = BIG_BODIES[kind], f"{index:08d}"
+    if kind == 0:  # inside the JSON text
+        return {"MessageBody": body[:-len(tag) - 2] + tag + body[-2:]}
+    if kind == 1:
+        return {"MessageBody": tag + body[len(tag):]}
+    return {"MessageBody": '"' + tag + body[1 + len(tag):]}  # replaces two whole escapes
+
+
 def preload(sqs: Any, queue_url: str, count: int, *, start: int = 0, seed: int = 1,
-            threads: int = 8) -> int:
-    """Send messages ``start`` .. ``start + count - 1`` in batches of ten; returns the count."""
+            threads: int = 8, big: bool = False) -> int:
+    """Send messages ``start`` .. ``start + count - 1`` in batches of ten (one by one for the
+    1 MiB bodies: a batch may carry 1 MiB in all); returns the count."""
+    if big:
+        def send_big(index: int) -> int:
+            sqs.send_message(QueueUrl=queue_url, **big_entry_for(index))
+            return 1
+
+        with ThreadPoolExecutor(threads) as pool:
+            return sum(pool.map(send_big, range(start, start + count)))
 
     def send(first: int) -> int:
         entries = [{"Id": str(i), **entry_for(first + i, seed)}

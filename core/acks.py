@@ -121,6 +121,9 @@ class AckPool:
                               extra={"event": "internal_error"})
                 # Their place is freed; SQS redelivers them and the sink recognises them.
                 self.settlement.inflight.settle_all(batch)
+            # Drop the references before waiting again: a finished message (its body can be
+            # 1 MiB, held as up to 4 MiB) must not stay alive until the next batch arrives.
+            first = item = batch = None  # type: ignore[assignment]
 
     # -- one batch -------------------------------------------------------------------------------
 

@@ -13,11 +13,13 @@ creating clients is not thread-safe, using them is.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import boto3
 from botocore.config import Config
+
+from sqs_processor.objectstore import ObjectStoreWriter
 
 
 class AwsClients:
@@ -49,6 +51,8 @@ class AwsClients:
             user_agent_extra="sqs-processor",
         )
         self._clients: dict[str, Any] = {}
+        self._stores: dict[tuple[str, str], ObjectStoreWriter] = {}
+        self._timeouts = (connect_timeout, read_timeout, max_attempts)
         self._hooks: list[Callable[[str, Any], None]] = []
         self._lock = threading.Lock()
 
@@ -57,6 +61,7 @@ class AwsClients:
         with self._lock:
             self._hooks.append(hook)
             created = [(s, c) for s, c in self._clients.items() if c is not None]
+            created += [("s3", store) for store in self._stores.values() if store.connected]
         for service, client in created:
             hook(service, client)
 
@@ -66,6 +71,21 @@ class AwsClients:
             if service not in self._clients:
                 self._clients[service] = None
         return _LazyClient(self, service)
+
+    def object_store(self, bucket: str, settings: Mapping[str, Any]) -> ObjectStoreWriter:
+        """A writer of objects into ``bucket`` through obstore, with this session's credentials
+        and endpoint (:mod:`sqs_processor.objectstore`); one per bucket and settings, connected
+        by :meth:`connect`."""
+        key = (bucket, repr(sorted(settings.items())))
+        with self._lock:
+            store = self._stores.get(key)
+            if store is None:
+                connect_timeout, read_timeout, max_attempts = self._timeouts
+                store = self._stores[key] = ObjectStoreWriter(
+                    bucket, settings, session=self._session, region=self.region,
+                    endpoint_url=self.endpoint_url, connect_timeout=connect_timeout,
+                    read_timeout=read_timeout, max_attempts=max_attempts)
+            return store
 
     def _real(self, service: str) -> Any:
         with self._lock:
@@ -84,6 +104,13 @@ class AwsClients:
         """Create every client handed out so far (resolving credentials), from this thread."""
         for service in list(self._clients):
             self._real(service)
+        for store in list(self._stores.values()):
+            if not store.connected:
+                store.connect()
+                with self._lock:
+                    hooks = list(self._hooks)
+                for hook in hooks:
+                    hook("s3", store)
 
     def close(self) -> None:
         with self._lock:
@@ -92,6 +119,8 @@ class AwsClients:
                 if close is not None:
                     close()
             self._clients.clear()
+            for store in self._stores.values():
+                store.close()
 
 
 class _LazyClient:

@@ -2,11 +2,16 @@
 
 A message is *in flight* from the moment a poller reserves room for it until its delete returned
 (or it failed, was released, or its delete gave up). :class:`InFlight` owns that set and the room
-for it:
+for it, counted two ways: messages (``max_messages``) and bytes (``max_bytes``), where a
+message's bytes are what it really costs in memory (:func:`message_cost`: the body as Python
+holds it, its parsed value, and the encoded document with its escapes):
 
-* a poller :meth:`~InFlight.reserve`\\ s room for a whole receive before it calls the source (so
-  at most ``max_messages`` are ever held), then :meth:`~InFlight.track`\\ s the jobs the receive
-  returned, which gives back the room it did not use;
+* a poller :meth:`~InFlight.reserve`\\ s room for a whole receive before it calls the source:
+  ``max_batch`` messages, and the bytes such a receive is expected to cost (the costliest of the
+  recent messages, times ``max_batch``; never more than ``max_bytes``, and always allowed when
+  nothing is held, so a huge message cannot block the pipeline). It then
+  :meth:`~InFlight.track`\\ s the jobs the receive returned, at their measured cost, which gives
+  back the room they did not use;
 * :class:`~sqs_processor.settlement.Settlement` removes each job exactly once
   (:meth:`~InFlight.settle`): a second removal of the same job is a no-op, so two paths racing to
   end one message (a shutdown deadline and a late write) cannot free its room twice;
@@ -20,7 +25,9 @@ cannot disagree.
 
 from __future__ import annotations
 
+import sys
 import threading
+from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -28,6 +35,36 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span
 
 from sqs_processor.message import Message, Record
+
+MESSAGE_OVERHEAD = 2048
+"""Bytes a message costs beyond its body: the Message and Job objects, attributes, the span."""
+
+_ESCAPED = ('"', "\\", "\n", "\r", "\t")  # one byte more each in the encoded document
+
+
+def message_cost(message: Message) -> int:
+    """What ``message`` costs in memory while it is processed, in bytes (an estimate).
+
+    The body as Python holds it (1, 2 or 4 bytes a character: one emoji makes the whole text 4),
+    its parsed value (about as much again, when it is JSON), and the encoded document, which
+    carries the body and its parsed value, each as UTF-8 with every quote, backslash and line
+    break escaped. SQS's own characters are all text, so no other escapes occur in a body.
+    """
+    body = message.body
+    held = sys.getsizeof(body)
+    utf8 = len(body) if body.isascii() else len(body.encode("utf-8", "surrogatepass"))
+    escapes = sum(body.count(character) for character in _ESCAPED)
+    attributes = sum(len(str(value.get("StringValue") or value.get("BinaryValue") or ""))
+                     for value in message.message_attributes.values())
+    return 2 * held + 2 * (utf8 + escapes) + 3 * attributes + MESSAGE_OVERHEAD
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """Room taken for one receive: ``count`` messages and ``size`` bytes."""
+
+    count: int
+    size: int = 0
 
 
 @dataclass(eq=False)
@@ -49,65 +86,108 @@ class Job:
     system_retries: int = 0  # system failures of this message so far
     writes_seen: int = 0  # the engine's successful writes at its first system failure
     record: Record | None = None  # batched mode: the record waiting in its batch
+    cost: int = 0  # bytes of room it holds (message_cost, set when it is received)
 
 
 class InFlight:
-    """Room for at most ``max_messages`` messages, and the jobs holding it; thread-safe."""
+    """Room for at most ``max_messages`` messages costing at most ``max_bytes`` (None: no byte
+    bound), and the jobs holding it; thread-safe."""
 
-    def __init__(self, max_messages: int) -> None:
+    RECENT = 64  # messages whose costs predict the next receive's
+    FLOOR = 16 * 1024  # the least a receive is expected to cost per message
+
+    def __init__(self, max_messages: int, max_bytes: int | None = None) -> None:
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
         self.max_messages = max_messages
+        self.max_bytes = max_bytes
         self._cond = threading.Condition()
         self._reserved = 0  # room taken by receives in progress
+        self._reserved_bytes = 0
+        self._bytes = 0  # cost of the jobs held
+        self._recent: deque[int] = deque(maxlen=self.RECENT)
+        self._typical = self.FLOOR  # the costliest recent message (at least FLOOR)
         self._jobs: dict[int, Job] = {}  # id(message) -> job
         self._waiting = 0  # threads waiting in reserve() or wait_drained()
 
     # -- room ----------------------------------------------------------------------------------
 
-    def reserve(self, count: int, stop: threading.Event, poll: float = 0.5) -> bool:
-        """Wait until ``count`` more messages fit, then take that room. False if ``stop`` was
-        set first (nothing is taken). ``stop`` is looked at every ``poll`` seconds."""
+    def _expected(self, count: int) -> int:
+        """Bytes a receive of ``count`` messages is expected to cost (lock held)."""
+        if self.max_bytes is None:
+            return 0
+        return min(count * self._typical, self.max_bytes)
+
+    def _fits(self, count: int, size: int) -> bool:
+        if self._reserved + len(self._jobs) + count > self.max_messages:
+            return False
+        if self.max_bytes is None:
+            return True
+        used = self._bytes + self._reserved_bytes
+        return used == 0 or used + size <= self.max_bytes
+
+    def reserve(self, count: int, stop: threading.Event,
+                poll: float = 0.5) -> Reservation | None:
+        """Wait until a receive of ``count`` more messages fits, then take that room. None if
+        ``stop`` was set first (nothing is taken). ``stop`` is looked at every ``poll`` s."""
         with self._cond:
             self._waiting += 1
             try:
-                while self._reserved + len(self._jobs) + count > self.max_messages:
+                while not self._fits(count, self._expected(count)):
                     if stop.is_set():
-                        return False
+                        return None
                     self._cond.wait(poll)
                 if stop.is_set():
-                    return False
-                self._reserved += count
-                return True
+                    return None
+                return self._take(count)
             finally:
                 self._waiting -= 1
 
-    def try_reserve(self, count: int) -> bool:
-        """Take room for ``count`` more messages if it is free now; never waits."""
+    def try_reserve(self, count: int) -> Reservation | None:
+        """Take room for a receive of ``count`` more messages if it is free now; never waits."""
         with self._cond:
-            if self._reserved + len(self._jobs) + count > self.max_messages:
-                return False
-            self._reserved += count
-            return True
+            if not self._fits(count, self._expected(count)):
+                return None
+            return self._take(count)
 
-    def unreserve(self, count: int) -> None:
+    def _take(self, count: int) -> Reservation:
+        reservation = Reservation(count, self._expected(count))
+        self._reserved += reservation.count
+        self._reserved_bytes += reservation.size
+        return reservation
+
+    def unreserve(self, reservation: Reservation | int) -> None:
         """Give back room taken by :meth:`reserve` that no message will use (a failed receive)."""
+        reservation = _as_reservation(reservation)
         with self._cond:
-            self._reserved -= count
+            self._reserved -= reservation.count
+            self._reserved_bytes -= reservation.size
             self._wake()
 
-    def track(self, reserved: int, jobs: Sequence[Job]) -> None:
-        """Hold ``jobs`` in the room ``reserved`` by their receive; unused room is given back.
+    def track(self, reservation: Reservation | int, jobs: Sequence[Job]) -> None:
+        """Hold ``jobs`` (at their ``cost``) in the room reserved by their receive; what they
+        do not use is given back.
 
-        A source that returned more than it reserved still has every job tracked (the set may
-        then exceed ``max_messages`` until they settle).
+        A source that returned more than it reserved, or messages that cost more than expected,
+        still have every job tracked (the room may then be exceeded until they settle; the
+        next receive waits for it).
         """
+        reservation = _as_reservation(reservation)
         with self._cond:
-            self._reserved -= reserved
+            self._reserved -= reservation.count
+            self._reserved_bytes -= reservation.size
             for job in jobs:
                 self._jobs[id(job.message)] = job
-            if len(jobs) < reserved:
-                self._wake()
+                self._bytes += job.cost
+                self._recent.append(job.cost)
+            if jobs:
+                self._typical = max(max(self._recent), self.FLOOR)
+            self._wake()
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes held by the jobs in flight (their estimated cost)."""
+        return self._bytes
 
     # -- jobs ----------------------------------------------------------------------------------
 
@@ -116,6 +196,7 @@ class InFlight:
         with self._cond:
             removed = self._jobs.pop(id(job.message), None) is not None
             if removed:
+                self._bytes -= job.cost
                 self._wake()
             return removed
 
@@ -124,6 +205,7 @@ class InFlight:
         with self._cond:
             removed = [job for job in jobs if self._jobs.pop(id(job.message), None) is not None]
             if removed:
+                self._bytes -= sum(job.cost for job in removed)
                 self._wake()
             return removed
 
@@ -164,3 +246,7 @@ class InFlight:
         # to the dictionary operation.
         if self._waiting:
             self._cond.notify_all()
+
+
+def _as_reservation(reservation: Reservation | int) -> Reservation:
+    return reservation if isinstance(reservation, Reservation) else Reservation(reservation)

@@ -39,6 +39,9 @@ STAT_NAMES = (
     "processed",  # messages finished and acknowledged
     "ack_failed",  # acknowledgements that failed for good (the message is redelivered)
     "released",  # messages handed back on shutdown
+    "polls",  # receive calls that returned (with messages or empty)
+    "system_failures",  # failures blamed on S3/SQS (the message is retried)
+    "delete_calls",  # delete calls that succeeded (one per batch of up to ten)
 )
 
 
@@ -154,7 +157,8 @@ class Pipeline:
         lines.append(
             f"service: health on {service['health_host']}:{service['health_port']}, "
             f"{service['pollers']} poller(s), {service['workers']} worker(s), "
-            f"at most {service['max_in_flight']} messages in flight, "
+            f"at most {service['max_in_flight']} messages ({service['max_in_flight_mib']} MiB) "
+            "in flight, "
             f"{service['shutdown_grace_seconds']:g}s shutdown grace"
         )
         endpoint = self.config.aws["endpoint_url"] or "boto3 default chain"

@@ -25,7 +25,7 @@ from opentelemetry.trace import Span
 
 from sqs_processor.components import Source
 from sqs_processor.errors import describe_error, error_code
-from sqs_processor.inflight import InFlight, Job
+from sqs_processor.inflight import InFlight, Job, Reservation, message_cost
 from sqs_processor.message import Message
 from sqs_processor.metrics import Metrics
 from sqs_processor.observers import Observers
@@ -100,11 +100,12 @@ class Poller:
         while not self._stop.is_set():
             self._deadlines[index] = None  # waiting for room or a pause is not a stall
             self.pause.wait(self._stop)
-            if not self.inflight.reserve(self.reserve, self._stop):
+            reservation = self.inflight.reserve(self.reserve, self._stop)
+            if reservation is None:
                 break
             self._deadlines[index] = time.monotonic() + self.receive_allowance
             try:
-                count = self.poll_once()
+                count = self.poll_once(reservation)
             except Exception as exc:
                 delay = backoff.next_delay()
                 log.error("receive from %s failed: %s; retrying in %.1fs", self.tracing.queue,
@@ -115,7 +116,7 @@ class Poller:
             backoff.reset()
             self._sleep(index, self.source.idle_delay(count))
 
-    def poll_once(self) -> int:
+    def poll_once(self, reservation: Reservation) -> int:
         """One receive into room already reserved; returns how many messages it brought.
 
         Raises what the source raised, after giving the room back (a ``BaseException`` that
@@ -128,29 +129,32 @@ class Poller:
                 messages = self.source.receive()
                 span.set_attribute(BATCH_COUNT, len(messages))
         except Exception:
-            self.inflight.unreserve(self.reserve)
+            self.inflight.unreserve(reservation)
             self.metrics.polls.add(1, self._poll_labels["error"])
             raise
         except BaseException:
-            self.inflight.unreserve(self.reserve)
+            self.inflight.unreserve(reservation)
             raise
         self.pipeline.stats.polled()
+        self.pipeline.stats.add("polls")
+        self.settlement.summary.tick()
         if not messages:
-            self.inflight.track(self.reserve, ())
+            self.inflight.track(reservation, ())
             self.metrics.polls.add(1, self._poll_labels["empty"])
             log.debug("no messages from %s", self.tracing.queue,
                       extra={"event": "received", "count": 0})
             return 0
         self.metrics.polls.add(1, self._poll_labels["messages"])
         self.pipeline.stats.add("received", len(messages))
-        self._accept(messages, span, started)
+        self._accept(messages, span, started, reservation)
         return len(messages)
 
-    def _accept(self, messages: list[Message], receive: Span, started: float) -> None:
+    def _accept(self, messages: list[Message], receive: Span, started: float,
+                reservation: Reservation) -> None:
         jobs = []
         for message in messages:
             span, context = self.tracing.open(message, receive)
-            job = Job(message, span, context, received=started)
+            job = Job(message, span, context, received=started, cost=message_cost(message))
             if self.visibility is not None:
                 job.visible_until = started + self.visibility
             jobs.append(job)
@@ -158,13 +162,13 @@ class Poller:
         redelivered = sum(1 for message in messages if message.receive_count > 1)
         if redelivered:
             self.metrics.redelivered.add(redelivered, self._labels)
-        self.inflight.track(self.reserve, jobs)
+        self.inflight.track(reservation, jobs)
         if self._stop.is_set():
             # The receive returned after the signal: hand the messages straight back.
             self.settlement.released(jobs, "received during shutdown")
             return
-        log.info("received %s from %s", count_of(len(messages)), self.tracing.queue,
-                 extra={"event": "received", "count": len(messages)})
+        log.debug("received %s from %s", count_of(len(messages)), self.tracing.queue,
+                  extra={"event": "received", "count": len(messages)})
         self.observers.notify("sqs_processor_batch_received", pipeline=self.pipeline,
                               messages=messages)
         for job in jobs:

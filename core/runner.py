@@ -55,6 +55,7 @@ from sqs_processor.batching import BatchWriter
 from sqs_processor.components import BatchedSink
 from sqs_processor.heartbeat import VisibilityHeartbeat
 from sqs_processor.inflight import InFlight, Job
+from sqs_processor.memory import map_large_blocks
 from sqs_processor.metrics import Metrics
 from sqs_processor.observers import Observers, OnError, log_observer_error
 from sqs_processor.pause import RetryTimer, SystemPause
@@ -97,7 +98,7 @@ def assemble(pipeline: Pipeline, telemetry: Telemetry, *, threaded: bool,
     name = source.queue_name or pipeline.config.source.type
     tracing = MessageTracing(telemetry.tracer, telemetry.tracing, name,
                              source.messaging_system or pipeline.config.source.type)
-    inflight = InFlight(service["max_in_flight"])
+    inflight = InFlight(service["max_in_flight"], service["max_in_flight_mib"] * 1024 * 1024)
     pause = SystemPause(service["system_backoff_max_seconds"])
     retries = RetryTimer(threaded=threaded)
     observers = Observers(pipeline.plugins, on_observer_error)
@@ -227,6 +228,7 @@ class Runner:
 
     def _start(self) -> bool:
         pipeline, telemetry = self.pipeline, self.telemetry
+        map_large_blocks()  # before any message: freed bodies go back to the system
         telemetry.start()
         pipeline.aws.add_client_hook(telemetry.watch_client)
         pipeline.aws.add_client_hook(self.calls.watch_client)
@@ -306,6 +308,7 @@ class Runner:
         units.acks.close(deadline)  # 7
         units.observers.notify("sqs_processor_shutdown", pipeline=self.pipeline)  # 8
         close_pipeline(self.pipeline)
+        units.settlement.summary.flush()  # the last interval's counts, before the totals
         stats = self.pipeline.stats.snapshot()
         what, event = ("previous pipeline drained", "drained") if self._draining else (
             "stopped", "stopped")

@@ -27,6 +27,7 @@ same rules in both.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
@@ -42,7 +43,7 @@ from sqs_processor.observers import Observers
 from sqs_processor.tracing import DROPPED, STAGE, MessageTracing
 
 if TYPE_CHECKING:
-    from sqs_processor.pipeline import Pipeline
+    from sqs_processor.pipeline import Pipeline, Stats
 
 log = logging.getLogger("sqs_processor.runner")
 
@@ -52,6 +53,63 @@ OUTCOME_LABELS = {outcome: {"outcome": outcome} for outcome in ("written", "exis
 
 def count_of(n: int) -> str:
     return f"{n} message" if n == 1 else f"{n} messages"
+
+
+class Summary:
+    """One INFO line every ``interval`` seconds summing up what happened since the last one,
+    so no line is logged per message by default (those are DEBUG). Any thread that settles a
+    message or polls calls :meth:`tick`; the first past the interval writes the line. Nothing is
+    written for an interval in which nothing happened."""
+
+    def __init__(self, stats: Stats, interval: float, queue: str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.stats = stats
+        self.interval = interval
+        self.queue = queue
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._due = clock() + interval
+        self._since = clock()
+        self._last = stats.snapshot()
+
+    def tick(self) -> None:
+        if self.interval <= 0 or self._clock() < self._due:
+            return
+        self.flush()
+
+    def flush(self) -> None:
+        """Write the line now (if anything happened since the last one)."""
+        if not self._lock.acquire(blocking=False):
+            return  # another thread is writing it
+        try:
+            now = self._clock()
+            counts = self.stats.snapshot()
+            delta = {name: counts[name] - self._last.get(name, 0) for name in counts}
+            seconds, self._since = now - self._since, now
+            self._last, self._due = counts, now + self.interval
+        finally:
+            self._lock.release()
+        if not any(delta.values()):
+            return
+        polls, received = delta["polls"], delta["received"]
+        stored = delta["written"] + delta["existing"]
+        errors = delta["failed"] + delta["system_failures"] + delta["ack_failed"]
+        per_poll = received / polls if polls else 0.0
+        log.info("last %.0fs on %s: %d polls (%.1f messages per poll), %d received, %d stored "
+                 "in S3 (%d new, %d already there), %d dropped, %d deleted from SQS in %d "
+                 "calls, %d errors (%d failed, %d system, %d deletes), %d released",
+                 seconds, self.queue, polls, per_poll, received, stored, delta["written"],
+                 delta["existing"], delta["dropped"], delta["processed"],
+                 delta["delete_calls"], errors, delta["failed"], delta["system_failures"],
+                 delta["ack_failed"], delta["released"],
+                 extra={"event": "summary", "seconds": round(seconds, 3), "polls": polls,
+                        "messages_per_poll": round(per_poll, 2), "received": received,
+                        "stored": stored, "written": delta["written"],
+                        "existing": delta["existing"], "dropped": delta["dropped"],
+                        "deleted": delta["processed"], "delete_calls": delta["delete_calls"],
+                        "errors": errors, "failed": delta["failed"],
+                        "system_failures": delta["system_failures"],
+                        "ack_failed": delta["ack_failed"], "released": delta["released"]})
 
 
 class Settlement:
@@ -71,6 +129,9 @@ class Settlement:
         self.to_ack = to_ack
         self.ack_label = pipeline.config.ack.type
         self.queue_labels = {"queue": tracing.queue}
+        self.summary = Summary(pipeline.stats,
+                               pipeline.config.service.get("log_summary_seconds", 0.0),
+                               tracing.queue)
 
     # -- done with the sink: delete next -------------------------------------------------------
 
@@ -84,24 +145,26 @@ class Settlement:
         sent_at = message.sent_at
         if sent_at is not None:
             metrics.age_at_write.record(max(0.0, time.time() - sent_at.timestamp()))
-        level = logging.DEBUG if batched else logging.INFO
+        debug = log.isEnabledFor(logging.DEBUG)  # per message: DEBUG only (the summary counts)
         if result.created:
             job.outcome = "written"
             stats.add("written")
             if not batched:
                 metrics.objects_written.add(1)
-            log.log(level, "stored message %s at %s", message.message_id, result.location,
-                    extra={"event": "stored", "message_id": message.message_id,
-                           "location": result.location})
+            if debug:
+                log.debug("stored message %s at %s", message.message_id, result.location,
+                          extra={"event": "stored", "message_id": message.message_id,
+                                 "location": result.location})
         else:
             job.outcome = "existing"
             stats.add("existing")
             if not batched:
                 metrics.objects_existing.add(1)
-            log.log(level, "message %s was already stored at %s (redelivery)", message.message_id,
-                    result.location, extra={"event": "already_stored",
-                                            "message_id": message.message_id,
-                                            "location": result.location})
+            if debug:
+                log.debug("message %s was already stored at %s (redelivery)",
+                          message.message_id, result.location,
+                          extra={"event": "already_stored", "message_id": message.message_id,
+                                 "location": result.location})
         metrics.processed.add(1, OUTCOME_LABELS[job.outcome])
         self.observers.notify("sqs_processor_message_written", pipeline=self.pipeline,
                               record=record, result=result)
@@ -114,7 +177,7 @@ class Settlement:
         job.outcome = "dropped"
         job.written = True
         trace.get_current_span().set_attribute(DROPPED, True)
-        log.info("message %s dropped by transform %s", job.message.message_id, step,
+        log.debug("message %s dropped by transform %s", job.message.message_id, step,
                  extra={"event": "dropped", "message_id": job.message.message_id, "step": step})
         self.to_ack(job)
 
@@ -156,6 +219,7 @@ class Settlement:
         self.tracing.end(job.span, "failed", error=error, stage=stage)
         self.observers.notify("sqs_processor_message_failed", pipeline=self.pipeline,
                               message=message, stage=stage, error=error)
+        self.summary.tick()
 
     def error_sink_failed(self, job: Job, error: BaseException) -> None:
         message = job.message
@@ -169,6 +233,7 @@ class Settlement:
         """``jobs`` failed because the system did; they stay in flight and are retried."""
         self.metrics.system_failures.add(len(jobs), {"stage": stage,
                                                      "error_type": error_code(error)})
+        self.stats.add("system_failures", len(jobs))
         if len(jobs) == 1:
             message_id = jobs[0].message.message_id
             log.warning("message %s: %s failed for a reason outside the message (%s); it stays "
@@ -196,15 +261,18 @@ class Settlement:
         if not done:
             return
         self.stats.add("processed", len(done))
+        self.stats.add("delete_calls")
         self.metrics.deleted.add(len(done), self.queue_labels)
         for job in done:
             self.tracing.end(job.span, job.outcome or "processed")
         messages = [job.message for job in done]
-        log.info("deleted %s with %s: %s", count_of(len(done)), self.ack_label,
-                 " ".join(m.message_id for m in messages),
-                 extra={"event": "acked", "count": len(done)})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("deleted %s with %s: %s", count_of(len(done)), self.ack_label,
+                      " ".join(m.message_id for m in messages),
+                      extra={"event": "acked", "count": len(done)})
         self.observers.notify("sqs_processor_batch_acked", pipeline=self.pipeline,
                               messages=messages)
+        self.summary.tick()
 
     def ack_gave_up(self, job: Job, failure: AckFailure) -> None:
         """Its delete failed for good: SQS redelivers it and the sink recognises it."""

@@ -23,6 +23,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from sqs_processor.objectstore import ObjectStoreWriter
+
 _WAIT = "sqs_processor_wait_seconds"
 
 
@@ -57,7 +59,11 @@ class OutstandingCalls:
                 for age, name, limit in overdue]
 
     def watch_client(self, service: str, client: Any) -> None:
-        """Follow every call ``client`` makes (an :class:`~sqs_processor.aws.AwsClients` hook)."""
+        """Follow every call ``client`` makes (an :class:`~sqs_processor.aws.AwsClients` hook);
+        the obstore writer reports its puts itself."""
+        if isinstance(client, ObjectStoreWriter):
+            client.follow_calls(self.begin, self.end)
+            return
         label = str(client.meta.service_model.service_id or service)
 
         def parameters(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:

@@ -36,6 +36,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.trace import Tracer
 
 from sqs_processor.metrics import Metrics
+from sqs_processor.objectstore import ObjectStoreWriter
 from sqs_processor.prometheus import render_prometheus
 from sqs_processor.telemetry_settings import TelemetrySettings, package_version
 
@@ -142,8 +143,14 @@ class Telemetry:
                 self._instrumented = True
 
     def watch_client(self, service: str, client: Any) -> None:
-        """Record the duration of every call ``client`` makes (a botocore event hook)."""
+        """Record the duration of every call ``client`` makes (a botocore event hook); an
+        obstore writer also gets the tracer for its client spans, as botocore gets it from the
+        instrumentation."""
         histogram = self.metrics.aws_duration
+        if isinstance(client, ObjectStoreWriter):
+            aws_spans = self.tracing and self.settings.instrument_aws
+            client.observe(histogram, self.tracer if aws_spans else None)
+            return
         service_name = service
 
         def before(context: dict[str, Any], **_: Any) -> None:

@@ -325,7 +325,8 @@ def _drive(units: Units, received: list[Job], outcomes: list[Outcome]) -> list[A
     a system failure leave no room (a runner would stop receiving then too)."""
     gave_up: list[AckFailure] = []
     poller = units.poller
-    while units.inflight.try_reserve(poller.reserve) and poller.poll_once():
+    while (reservation := units.inflight.try_reserve(poller.reserve)) is not None \
+            and poller.poll_once(reservation):
         for job in received:
             outcomes.append(units.workers.process(job))
         received.clear()

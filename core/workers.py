@@ -157,6 +157,8 @@ class WorkerPool:
                 self.message_failed(job, "engine", RuntimeError("internal error"))
             finally:
                 otel_context.detach(token)
+            # Do not keep the finished message alive while waiting for the next one.
+            job = None
 
     # -- one message -----------------------------------------------------------------------------
 

@@ -12,6 +12,12 @@ bucket), ``server_side_encryption`` with ``kms_key_id`` and ``bucket_key_enabled
 SSE-KMS or DSSE-KMS), ``tags`` (the Tagging query string; needs ``s3:PutObjectTagging``),
 ``metadata`` (``x-amz-meta-*`` headers) and ``checksum_algorithm`` (S3 verifies the body against
 it and keeps it with the object).
+
+The call is made by one of two clients (``client``): obstore by default, through the writer the
+AWS clients hand out (``context.aws.object_store``: boto3's credentials and endpoint, botocore's
+exceptions), or boto3's ``put_object``. Both raise botocore's exceptions, so "already exists",
+a system failure and a message's own failure mean the same whichever client made the call.
+Options obstore cannot honour are refused when the pipeline is built, naming ``client: boto3``.
 """
 
 from __future__ import annotations
@@ -21,20 +27,15 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
-from urllib.parse import quote
 
-import botocore.session
 import orjson
-from botocore.compat import HAS_CRT
 from botocore.exceptions import ClientError
 
 from sqs_processor import (
-    CONTROL_CHARACTERS,
     REQUIRED,
     BatchedSink,
     BatchPolicy,
     BuildContext,
-    ConfigError,
     HealthCheckSpec,
     LastCallCheck,
     Message,
@@ -48,14 +49,25 @@ from sqs_processor import (
     hookimpl,
     validate_options,
 )
-
-SSE_CHOICES = ("AES256", "aws:kms", "aws:kms:dsse")
-CHECKSUM_CHOICES = ("CRC32", "CRC32C", "SHA1", "SHA256", "CRC64NVME")
-# Checksums botocore computes only with the AWS CRT installed (botocore[crt]).
-CRT_CHECKSUMS = ("CRC32C", "CRC64NVME")
+from sqs_processor.plugins.s3_options import (
+    CHECKSUM_CHOICES,
+    SSE_CHOICES,
+    check_bucket,
+    check_checksum,
+    check_prefix,
+    obstore_settings,
+    put_parameters,
+)
+from sqs_processor.plugins.s3_options import (
+    MAX_PREFIX_BYTES as MAX_PREFIX_BYTES,  # re-exported: the example router uses it
+)
 
 OPTIONS = (
     Option("bucket", str, REQUIRED, "Name of the S3 bucket to write to."),
+    Option("client", str, "obstore",
+           "S3 client that makes the PutObject call: obstore (native, about a third of boto3's "
+           "CPU per put) or boto3; both use boto3's credentials and endpoint settings.",
+           choices=("obstore", "boto3")),
     Option("prefix", str, "sqs-messages/",
            "Key prefix before the date folders; empty, or ending in '/'."),
     Option("partition_time", str, "sent",
@@ -84,8 +96,9 @@ OPTIONS = (
            "User metadata stored as x-amz-meta-<name> headers, name: value (lowercase names, "
            "ASCII values, 2 KB in all)."),
     Option("checksum_algorithm", str, None,
-           "Checksum S3 verifies and stores with each object; CRC32C and CRC64NVME need "
-           "botocore[crt]. Unset: botocore's default.",
+           "Checksum S3 verifies and stores with each object. obstore: SHA256 or CRC64NVME; "
+           "boto3: all five (CRC32C and CRC64NVME need botocore[crt]). Unset: the client's "
+           "default.",
            choices=CHECKSUM_CHOICES),
     Option("batch", dict, None,
            "Batched mode: many messages per NDJSON object. Keys: max_records (500), max_bytes "
@@ -104,200 +117,52 @@ BATCH_OPTIONS = (
 )
 """The keys of the ``batch`` option (the one place their defaults are written)."""
 
-# \Z, not $: "$" also matches before a trailing line break.
-_BUCKET = re.compile(r"\A[a-zA-Z0-9][a-zA-Z0-9._-]{1,253}[a-zA-Z0-9]\Z")
 _MESSAGE_ID = re.compile(r"\A[A-Za-z0-9_:.-]{1,128}\Z")
-# A key is at most 1024 bytes; the date folders, a 128-character id and ".json" need 147.
-MAX_PREFIX_BYTES = 1024 - 147
 
 
-def check_bucket(bucket: str, key: str) -> None:
-    if bucket.startswith("s3://"):
-        raise ConfigError(key, "is a URL, not a bucket name", value=bucket,
-                          expected="the bare bucket name, without s3://")
-    if not _BUCKET.match(bucket) or ".." in bucket:
-        raise ConfigError(key, "is not a valid S3 bucket name", value=bucket,
-                          expected="3-255 letters, digits, '.', '-' or '_', starting and ending "
-                                   "with a letter or digit")
+class Boto3Writer:
+    """Puts objects with boto3's ``put_object``; ``params`` are the PutObject parameters the
+    sink's options add (the same on every put)."""
 
+    def __init__(self, client: Any, bucket: str, params: Mapping[str, Any]) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.params = dict(params)
 
-def check_prefix(prefix: str, key: str) -> None:
-    """Reject a prefix that would make keys S3 rejects or that people misread."""
-    if not prefix:
-        return
-    problems = (
-        (prefix.startswith("/"), "starts with '/'",),
-        (not prefix.endswith("/"), "does not end with '/'"),
-        ("//" in prefix, "has an empty folder ('//')"),
-        (any(part in (".", "..") for part in prefix.split("/")), "has a '.' or '..' folder"),
-        (CONTROL_CHARACTERS.search(prefix) is not None, "contains control characters"),
-    )
-    for failed, problem in problems:
-        if failed:
-            raise ConfigError(key, problem, value=prefix,
-                              expected="an empty prefix or folders ending in '/', "
-                                       "e.g. 'sqs-messages/'")
-    try:
-        size = len(prefix.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ConfigError(key, "is not valid Unicode text", value=prefix,
-                          expected="UTF-8 text") from None
-    if size > MAX_PREFIX_BYTES:
-        raise ConfigError(key, f"is {size} bytes long", value=prefix,
-                          expected=f"at most {MAX_PREFIX_BYTES} bytes")
-
-
-_ACCOUNT_ID = re.compile(r"\A[0-9]{12}\Z")
-_KMS_KEY = re.compile(
-    r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # key id
-    r"|mrk-[0-9a-f]{32}"  # multi-Region key id
-    r"|alias/[A-Za-z0-9/_-]{1,250}"  # alias name
-    r"|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(?:key/[A-Za-z0-9-]+|alias/[A-Za-z0-9/_-]{1,250}))\Z"
-)
-# S3 object tags: at most 10; keys 1-128 and values 0-256 characters of letters, digits, spaces
-# and + - = . _ : / @; keys may not start with "aws:".
-MAX_TAGS = 10
-_TAG_TEXT = re.compile(r"\A[\w +\-=.:/@]*\Z")
-# User metadata travels as x-amz-meta-<name> headers; S3 lowercases names and allows 2 KB in all.
-MAX_METADATA_BYTES = 2048
-_METADATA_NAME = re.compile(r"\A[a-z0-9][a-z0-9_.-]*\Z")
-_METADATA_VALUE = re.compile(r"\A[\x20-\x7e]*\Z")
-
-
-def _text_entries(raw: Mapping[Any, Any], key: str, what: str) -> list[tuple[str, str]]:
-    """The (name, value) pairs of a tags/metadata mapping; both must be text."""
-    entries = []
-    for name, value in raw.items():
-        if not isinstance(name, str) or not name:
-            raise ConfigError(key, f"has a {what} name that is not text", value=name,
-                              expected="a non-empty string")
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}.{name}", "has the wrong type", value=value,
-                              expected="a string (quote numbers and booleans, e.g. '2')")
-        entries.append((name, value))
-    return entries
-
-
-def check_tags(raw: Mapping[Any, Any] | None, key: str) -> str | None:
-    """Validate object tags against S3's limits; return the URL-encoded Tagging value."""
-    if not raw:
-        return None
-    entries = _text_entries(raw, key, "tag")
-    if len(entries) > MAX_TAGS:
-        raise ConfigError(key, f"has {len(entries)} tags", expected=f"at most {MAX_TAGS}")
-    for name, value in entries:
-        if len(name) > 128 or not _TAG_TEXT.match(name):
-            raise ConfigError(key, "has a tag name S3 rejects", value=name,
-                              expected="1-128 letters, digits, spaces or + - = . _ : / @")
-        if name.lower().startswith("aws:"):
-            raise ConfigError(key, "has a tag name in the reserved 'aws:' namespace", value=name,
-                              expected="a name that does not start with 'aws:'")
-        if len(value) > 256 or not _TAG_TEXT.match(value):
-            raise ConfigError(f"{key}.{name}", "is a tag value S3 rejects", value=value,
-                              expected="0-256 letters, digits, spaces or + - = . _ : / @")
-    return "&".join(f"{quote(name, safe='')}={quote(value, safe='')}" for name, value in entries)
-
-
-def check_metadata(raw: Mapping[Any, Any] | None, key: str) -> dict[str, str] | None:
-    """Validate user metadata (header-safe names and values, 2 KB in all)."""
-    if not raw:
-        return None
-    entries = _text_entries(raw, key, "metadata")
-    for name, value in entries:
-        if not _METADATA_NAME.match(name):
-            raise ConfigError(key, "has a metadata name that is not a lowercase header name",
-                              value=name, expected="lowercase letters, digits, '-', '_' or '.', "
-                                                   "starting with a letter or digit")
-        if not _METADATA_VALUE.match(value):
-            raise ConfigError(f"{key}.{name}", "is not printable ASCII text", value=value,
-                              expected="characters from ' ' to '~' (no line breaks, no "
-                                       "non-ASCII)")
-    size = sum(len(name) + len(value) for name, value in entries)
-    if size > MAX_METADATA_BYTES:
-        raise ConfigError(key, f"is {size} bytes of names and values",
-                          expected=f"at most {MAX_METADATA_BYTES} bytes")
-    return dict(entries)
-
-
-def check_encryption(options: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """The PutObject encryption parameters for the SSE options, or a ConfigError."""
-    sse, key_id, bucket_key = (options["server_side_encryption"], options["kms_key_id"],
-                               options["bucket_key_enabled"])
-    params: dict[str, Any] = {}
-    if sse is not None:
-        params["ServerSideEncryption"] = sse
-    if key_id is not None:
-        if sse not in ("aws:kms", "aws:kms:dsse"):
-            raise ConfigError(f"{where}.kms_key_id", "is set without KMS encryption",
-                              value=key_id, expected=f"{where}.server_side_encryption: aws:kms "
-                                                     "or aws:kms:dsse")
-        if not _KMS_KEY.match(key_id):
-            raise ConfigError(f"{where}.kms_key_id", "is not a KMS key id, key ARN or alias",
-                              value=key_id,
-                              expected="e.g. arn:aws:kms:us-west-1:123456789012:key/<key-id> "
-                                       "or alias/<name>")
-        params["SSEKMSKeyId"] = key_id
-    if bucket_key is not None:
-        if sse != "aws:kms":
-            raise ConfigError(f"{where}.bucket_key_enabled",
-                              "applies only to SSE-KMS (S3 Bucket Keys do not exist for "
-                              "SSE-S3 or DSSE-KMS)", value=bucket_key,
-                              expected=f"{where}.server_side_encryption: aws:kms, or leave "
-                                       "bucket_key_enabled unset")
-        params["BucketKeyEnabled"] = bucket_key
-    return params
-
-
-def check_checksum(algorithm: str | None, key: str) -> None:
-    """Reject a checksum this botocore cannot compute, before any message depends on it."""
-    if algorithm is None:
-        return
-    if algorithm in CRT_CHECKSUMS and not HAS_CRT:
-        raise ConfigError(key, f"{algorithm} needs the AWS CRT, which is not installed",
-                          value=algorithm,
-                          expected="pip install 'botocore[crt]', or CRC32, SHA1 or SHA256")
-    model = botocore.session.get_session().get_service_model("s3")  # read from disk only
-    supported = model.shape_for("ChecksumAlgorithm").enum
-    if algorithm not in supported:
-        raise ConfigError(key, f"{algorithm} is not supported by this botocore",
-                          value=algorithm, expected="a newer boto3, or one of "
-                                                    + ", ".join(supported))
-
-
-def put_parameters(options: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """Every PutObject parameter the sink's options add, validated."""
-    params: dict[str, Any] = {}
-    owner = options["expected_bucket_owner"]
-    if owner:  # empty means "not checked", so an unset ${VAR:-} works
-        if not _ACCOUNT_ID.match(owner):
-            raise ConfigError(f"{where}.expected_bucket_owner", "is not an AWS account id",
-                              value=owner, expected="12 digits, e.g. 123456789012")
-        params["ExpectedBucketOwner"] = owner
-    params.update(check_encryption(options, where))
-    tagging = check_tags(options["tags"], f"{where}.tags")
-    if tagging:
-        params["Tagging"] = tagging
-    metadata = check_metadata(options["metadata"], f"{where}.metadata")
-    if metadata:
-        params["Metadata"] = metadata
-    check_checksum(options["checksum_algorithm"], f"{where}.checksum_algorithm")
-    if options["checksum_algorithm"]:
-        params["ChecksumAlgorithm"] = options["checksum_algorithm"]
-    return params
+    def put(self, key: str, body: bytes, content_type: str, *, create: bool,
+            content_encoding: str | None = None) -> bool:
+        """True if the object was created; False if ``create`` found it already there (412)."""
+        extra: dict[str, Any] = {"IfNoneMatch": "*"} if create else {}
+        if content_encoding:
+            extra["ContentEncoding"] = content_encoding
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
+                                   ContentType=content_type, **extra, **self.params)
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 412 or error_code(exc) == "PreconditionFailed":
+                return False
+            raise
+        return True
 
 
 class S3Objects:
     """Puts objects into one bucket: keys, the conditional put, and the outcome of each call
-    (for the ``s3_write`` readiness check). Shared by both sinks below; thread-safe."""
+    (for the ``s3_write`` readiness check). Shared by both sinks below; thread-safe.
 
-    def __init__(self, client: Any, options: Mapping[str, Any],
+    ``writer`` makes the call (:class:`Boto3Writer`, or the obstore writer the AWS clients
+    hand out); both raise botocore's exceptions, so a failure means the same whichever it is.
+    """
+
+    def __init__(self, writer: Any, options: Mapping[str, Any],
                  put_options: Mapping[str, Any]) -> None:
-        self.client = client
+        self.writer = writer
+        self.client_name: str = options["client"]
         self.bucket: str = options["bucket"]
         self.prefix: str = options["prefix"]
         self.use_sent_time = options["partition_time"] == "sent"
         self.content_type: str = options["content_type"]
-        self._condition = {"IfNoneMatch": "*"} if options["conditional_write"] else {}
+        self.create: bool = options["conditional_write"]
         # ExpectedBucketOwner, encryption, tags, metadata, checksum: the same on every put.
         self.put_options: dict[str, Any] = dict(put_options)
         self.check = LastCallCheck(f"write to bucket {self.bucket}")
@@ -309,17 +174,12 @@ class S3Objects:
         return f"{self.prefix}{when:%Y/%m/%d/%H}/"
 
     def put(self, key: str, body: bytes, content_type: str,
-            extra: Mapping[str, Any] | None = None) -> WriteResult:
+            content_encoding: str | None = None) -> WriteResult:
         location = f"s3://{self.bucket}/{key}"
         try:
-            self.client.put_object(Bucket=self.bucket, Key=key, Body=body,
-                                   ContentType=content_type, **self._condition,
-                                   **self.put_options, **(extra or {}))
+            created = self.writer.put(key, body, content_type, create=self.create,
+                                      content_encoding=content_encoding)
         except ClientError as exc:
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            if status == 412 or error_code(exc) == "PreconditionFailed":
-                self.check.succeeded()
-                return WriteResult(location=location, created=False)
             if error_code(exc) != "ConditionalRequestConflict":  # a concurrent write, not an outage
                 self.check.failed(exc)
             raise
@@ -327,7 +187,7 @@ class S3Objects:
             self.check.failed(exc)
             raise
         self.check.succeeded()
-        return WriteResult(location=location, created=True)
+        return WriteResult(location=location, created=created)
 
 
 def encode(record: Record) -> bytes:
@@ -341,9 +201,9 @@ def encode(record: Record) -> bytes:
 class S3Sink(Sink):
     """Writes each record as its own object, ``<prefix>YYYY/MM/DD/HH/<message-id>.json``."""
 
-    def __init__(self, client: Any, options: Mapping[str, Any],
+    def __init__(self, writer: Any, options: Mapping[str, Any],
                  put_options: Mapping[str, Any] | None = None) -> None:
-        self.objects = S3Objects(client, options, put_options or {})
+        self.objects = S3Objects(writer, options, put_options or {})
         self.prefix = self.objects.prefix
         self.check = self.objects.check
 
@@ -362,10 +222,10 @@ class BatchedS3Sink(BatchedSink):
     """Writes batches as NDJSON objects (optionally gzip) per hour folder:
     ``<prefix>YYYY/MM/DD/HH/<first-message-id>-<count>.ndjson[.gz]``."""
 
-    def __init__(self, client: Any, options: Mapping[str, Any], put_options: Mapping[str, Any],
+    def __init__(self, writer: Any, options: Mapping[str, Any], put_options: Mapping[str, Any],
                  policy: BatchPolicy, gzip: bool) -> None:
         super().__init__(policy)
-        self.objects = S3Objects(client, options, put_options)
+        self.objects = S3Objects(writer, options, put_options)
         self.check = self.objects.check
         self.gzip = gzip
 
@@ -387,20 +247,30 @@ class BatchedS3Sink(BatchedSink):
             body = gzip.compress(body, compresslevel=6, mtime=0)
             name += ".gz"
         return self.objects.put(name, body, "application/x-ndjson",
-                                {"ContentEncoding": "gzip"} if self.gzip else {})
+                                "gzip" if self.gzip else None)
+
+
+def writer_for(options: Mapping[str, Any], put_options: Mapping[str, Any],
+               context: BuildContext) -> Any:
+    """The writer of the ``client`` option: obstore's (from the AWS clients) or boto3's."""
+    if options["client"] == "obstore":
+        return context.aws.object_store(
+            options["bucket"], obstore_settings(options, put_options, context.where))
+    check_checksum(options["checksum_algorithm"], f"{context.where}.checksum_algorithm")
+    return Boto3Writer(context.aws.client("s3"), options["bucket"], put_options)
 
 
 def build(options: Mapping[str, Any], context: BuildContext) -> S3Sink | BatchedS3Sink:
     check_bucket(options["bucket"], f"{context.where}.bucket")
     check_prefix(options["prefix"], f"{context.where}.prefix")
     put_options = put_parameters(options, context.where)
-    client = context.aws.client("s3")
+    writer = writer_for(options, put_options, context)
     if options["batch"] is None:
-        return S3Sink(client, options, put_options)
+        return S3Sink(writer, options, put_options)
     batch = validate_options(BATCH_OPTIONS, options["batch"], f"{context.where}.batch")
     policy = BatchPolicy(max_records=batch["max_records"], max_bytes=batch["max_bytes"],
                          max_age=batch["max_age_seconds"])
-    return BatchedS3Sink(client, options, put_options, policy, batch["compression"] == "gzip")
+    return BatchedS3Sink(writer, options, put_options, policy, batch["compression"] == "gzip")
 
 
 @hookimpl

@@ -14,8 +14,8 @@ import sys
 import pytest
 from helpers.support import ROOT
 
-CONTENDERS = {"baseline", "ceiling", "sqs-processor-default", "sqs-processor-tuned",
-              "sqs-processor-batched"}
+CONTENDERS = {"baseline", "ceiling", "ceiling-obstore", "sqs-processor-default",
+              "sqs-processor-tuned", "sqs-processor-batched"}
 
 
 def test_bench_harness_runs_every_contender_and_verifies_the_archive(tmp_path):
@@ -23,8 +23,9 @@ def test_bench_harness_runs_every_contender_and_verifies_the_archive(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "bench", "--n", "50", "--baseline-n", "20", "--latency-ms", "0",
          "--steady-rate", "10", "--steady-seconds", "2",
-         "--steady-contenders", "sqs-processor-tuned", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=110)
+         "--steady-contenders", "sqs-processor-tuned", "--big-n", "3",
+         "--big-contenders", "ceiling-obstore,sqs-processor-default", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(out.read_text())
 
@@ -45,11 +46,11 @@ def test_bench_harness_runs_every_contender_and_verifies_the_archive(tmp_path):
             assert run["server"]["requests_per_msg"] > 1, name  # at least a PUT per message
     # The ratios in the table are each contender's own figure over the reference's.
     for name, run in drains.items():
-        for ref in ("baseline", "ceiling"):
-            reference = drains[ref]
-            assert run[f"speed_x_{ref}"] == pytest.approx(
+        for ref in ("baseline", "ceiling", "ceiling-obstore"):
+            reference, key = drains[ref], ref.replace("-", "_")
+            assert run[f"speed_x_{key}"] == pytest.approx(
                 run["msgs_per_s"] / reference["msgs_per_s"], rel=0.01), (name, ref)
-            assert run[f"cpu_x_{ref}"] == pytest.approx(
+            assert run[f"cpu_x_{key}"] == pytest.approx(
                 run["cpu_ms_per_msg"] / reference["cpu_ms_per_msg"], rel=0.01), (name, ref)
     # The spec's design deletes one message per call; the others delete in batches.
     assert drains["baseline"]["server"]["actions"]["sqs:DeleteMessage"]["count"] == 20
@@ -62,5 +63,15 @@ def test_bench_harness_runs_every_contender_and_verifies_the_archive(tmp_path):
 
     assert report["emulator"]["patches"], "the output must say what was done to the emulator"
     assert report["machine"]["nproc"] >= 1 and report["machine"]["python"]
-    assert {t["target"] for t in report["targets"]} == {3, 4, 5, 6, 8}
+    # The 1 MiB drain: every message stored intact, and a peak RSS for each contender.
+    big = {run["contender"]: run for run in report["big"]}
+    assert set(big) == {"ceiling-obstore", "sqs-processor-default"}
+    for name, run in big.items():
+        assert run["check"]["ok"] and run["check"]["stored"] == 3, (name, run["check"])
+        assert run["peak_rss_mib"] > 10, name
+
+    targets = {t["what"].split(" (")[0]: t for t in report["targets"]}
+    assert "defaults CPU/msg vs obstore ceiling" in targets
+    assert "peak RSS MiB, any sqs-processor drain of 1 MiB messages" in targets
+    assert all(t["value"] is not None for t in targets.values()), targets
     assert "sqs-processor-tuned" in result.stdout and "Targets" in result.stdout

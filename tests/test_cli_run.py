@@ -74,7 +74,7 @@ def test_run_without_config_uses_the_spec_variables_and_aws_endpoint_url(
            for i in range(12)]
     env = cli_env(aws_env, SQS_QUEUE_URL=queue_url, S3_BUCKET_NAME=bucket, S3_PREFIX="raw/",
                   POLL_INTERVAL_SECONDS="1", MAX_MESSAGES_PER_POLL="5", HEALTH_PORT="0")
-    process = processes(["run", "--log-format", "json"], env)
+    process = processes(["--log-level", "debug", "run", "--log-format", "json"], env)
     port = process.wait_event("health_listening")["port"]
 
     wait_for(lambda: len(stored_objects(s3, bucket)) == 12, message="12 objects")
@@ -117,7 +117,8 @@ def test_sigterm_lets_in_flight_messages_finish_and_exits_zero(
     path = write_config(tmp_path, config)
     for i in range(5):
         sqs.send_message(QueueUrl=queue_url, MessageBody=f"m{i}")
-    process = processes(["run", "--config", str(path), "--log-format", "json"], cli_env(aws_env))
+    process = processes(["run", "--config", str(path), "--log-format", "json",
+                         "--log-level", "debug"], cli_env(aws_env))
     process.wait_event("received", count=5)
     started = time.monotonic()
     process.proc.send_signal(signal.SIGTERM)
@@ -139,7 +140,8 @@ def test_work_unfinished_at_the_shutdown_deadline_is_released_for_redelivery(
     path = write_config(tmp_path, config)
     for i in range(3):
         sqs.send_message(QueueUrl=queue_url, MessageBody=f"m{i}")
-    process = processes(["run", "--config", str(path), "--log-format", "json"], cli_env(aws_env))
+    process = processes(["run", "--config", str(path), "--log-format", "json",
+                         "--log-level", "debug"], cli_env(aws_env))
     process.wait_event("received", count=3)
     process.proc.send_signal(signal.SIGTERM)
     assert process.finish() == 0

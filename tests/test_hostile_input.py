@@ -181,3 +181,62 @@ def test_memory_stays_bounded_while_the_corpus_goes_through_again_and_again(
                            f"(samples in MiB: {[round(s / MIB) for s in samples]})"
     assert process.wait_event("stopped")["failed"] == 0
     assert_archived_exactly_once(s3, sqs, bucket, queue_url, sent)
+
+
+# --------------------------------------------------------------------------------------------
+# Maximum-size messages inside the pod (issue 14, finding 3)
+# --------------------------------------------------------------------------------------------
+
+POD_LIMIT = 256 * MIB  # k8s/base/deployment.yaml, resources.limits.memory
+
+
+def _largest_body(unit: str, head: str = "", tail: str = "") -> str:
+    """``head + unit * n + tail`` as long as it stays within SQS's 1 MiB (UTF-8)."""
+    room = MIB - len((head + tail).encode("utf-8"))
+    return head + unit * (room // len(unit.encode("utf-8"))) + tail
+
+
+MAXIMUM_BODIES = {
+    # What a message costs in memory depends on its characters, not only its size.
+    "plain JSON": _largest_body("abcdefgh", '{"text": "', '"}'),
+    # One emoji makes Python hold the text at 4 bytes a character; quotes, backslashes and
+    # line breaks take two bytes each once the document is encoded.
+    "text with emoji and escapes": _largest_body('😀 say "hi" \\ back\n'),
+    # Every character is an escape: the body doubles when the document is encoded, and its
+    # parsed value is encoded again beside it.
+    "a JSON string of escaped quotes and backslashes": _largest_body('\\"\\\\', '"', '"'),
+}
+
+
+@pytest.mark.timeout(900)
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="measures RSS via /proc")
+@pytest.mark.parametrize("kind", sorted(MAXIMUM_BODIES))
+def test_sixty_maximum_size_messages_stay_well_inside_the_pod_memory_limit(
+    tmp_path, aws_env, sqs, s3, bucket, child, kind
+):
+    """Finding 3: with the shipped defaults, 60 messages of 1 MiB peaked at 176-318 MiB of
+    RSS, above the pod's 256Mi limit (here, before the fix: 158, 184 and 270 MiB for the three
+    kinds). The in-flight budget now counts what each message costs (body, parsed body, encoded
+    document with its escapes), finished messages are no longer kept alive by idle threads, and
+    large blocks go back to the system when freed; the peak must stay below 75% of the limit
+    for every kind (measured after the fix: 106, 116 and 131 MiB)."""
+    body = MAXIMUM_BODIES[kind]
+    assert len(body.encode("utf-8")) <= MIB and SQS_ALLOWED.match(body)
+    queue_url, _ = create_queue(sqs, unique("q"), visibility_timeout=120)
+    sent = send_bodies(sqs, queue_url, [body] * 60)
+    # The shipped defaults: only what the emulator and the test need is set.
+    config = write_config(tmp_path, pipeline_config(queue_url, bucket, service={}))
+    process = ProcessorProcess(config, cli_env(aws_env), "max-size")
+    child.append(process)
+    process.wait_event("started", timeout=60)
+    idle = process.rss_bytes("VmHWM")
+    wait_for(lambda: queue_counts(sqs, queue_url) == (0, 0), timeout=600,
+             message="the 60 messages processed")
+    peak = process.rss_bytes("VmHWM")
+    process.terminate()
+    assert process.finish() == 0
+    stopped = process.wait_event("stopped")
+    assert stopped["failed"] == 0 and stopped["processed"] == 60
+    assert_archived_exactly_once(s3, sqs, bucket, queue_url, sent)
+    print(f"peak RSS, 60 x 1 MiB, {kind}: {peak / MIB:.0f} MiB (at start {idle / MIB:.0f} MiB)")
+    assert peak < 0.75 * POD_LIMIT, f"{kind}: peak RSS {peak / MIB:.0f} MiB"

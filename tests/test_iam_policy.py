@@ -1,16 +1,19 @@
 """The IAM policies in k8s/iam grant exactly the actions the processor calls.
 
-The processor runs against the moto server, and every AWS operation its own boto3 clients send
-is recorded (a botocore ``before-parameter-build`` hook on the session the pipeline's clients
-are made from, so the parameters are seen too). Each operation maps to the IAM actions it needs;
-that set is compared with the policy documents. The run covers every path that calls AWS:
-receive, write, delete, and the release of an unfinished message at shutdown.
+The processor runs against the moto server, and every AWS operation it sends is recorded: SQS
+calls by a botocore ``before-parameter-build`` hook on the session the pipeline's clients are
+made from (so the parameters are seen too), S3 calls on the wire by a recording proxy that
+``AWS_ENDPOINT_URL_S3`` points the processor at, whichever client (obstore or boto3) makes
+them. Each operation maps to the IAM actions it needs; that set is compared with the policy
+documents. The run covers every path that calls AWS: receive, write, delete, and the release
+of an unfinished message at shutdown.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import threading
 from pathlib import Path
@@ -18,6 +21,7 @@ from typing import Any
 
 import boto3
 import pytest
+from helpers.faultproxy import FaultProxy
 from helpers.support import (
     REGION,
     RunningPipeline,
@@ -63,7 +67,7 @@ def required_actions(service: str, operation: str, params: dict[str, Any]) -> se
 
 
 class CallRecorder:
-    """Every API call the pipeline's own clients make: (service, operation, parameters)."""
+    """Every API call the pipeline makes: (service, operation, parameters)."""
 
     def __init__(self, running: RunningPipeline) -> None:
         self.calls: list[tuple[str, str, dict[str, Any]]] = []
@@ -73,8 +77,21 @@ class CallRecorder:
         running.pipeline.aws._session.events.register("before-parameter-build", self._record)
 
     def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
+        service = model.service_model.service_name
+        if service == "s3":
+            return  # recorded on the wire, like the obstore client's calls
         with self._lock:
-            self.calls.append((model.service_model.service_name, model.name, dict(params)))
+            self.calls.append((service, model.name, dict(params)))
+
+    def add_wire_calls(self, proxy: FaultProxy) -> None:
+        """The S3 requests the proxy saw, with the parameters their headers carry."""
+        for request in proxy.seen(service="s3"):
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            params = {"Bucket": request.bucket, "Key": request.key,
+                      "Tagging": headers.get("x-amz-tagging"),
+                      "ServerSideEncryption": headers.get("x-amz-server-side-encryption", ""),
+                      "SSEKMSKeyId": headers.get("x-amz-server-side-encryption-aws-kms-key-id")}
+            self.calls.append(("s3", request.operation, params))
 
     def operations(self) -> set[str]:
         return {f"{service}:{operation}" for service, operation, _ in self.calls}
@@ -133,21 +150,25 @@ def sqs_processor_transforms():
 
 def _run(tmp_path: Path, config: dict[str, Any], bodies: list[str],
          hold: bool = False) -> tuple[CallRecorder, RunningPipeline]:
-    running = RunningPipeline(write_yaml(tmp_path, config))
-    recorder = CallRecorder(running)
     sqs = boto3.client("sqs", region_name=REGION)
     queue_url = config["source"]["queue_url"]
-    running.start()
-    try:
-        for body in bodies:
-            sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-        wait_for(lambda: running.stats["processed"] == len(bodies) - ("hold" in bodies),
-                 message="messages stored (errors too) and deleted")
-        if hold:
-            wait_for(lambda: (tmp_path / "holding").exists(), message="the held message")
-    finally:
-        running.stop()
-        (tmp_path / "go").touch()
+    with FaultProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy, \
+            pytest.MonkeyPatch.context() as env:
+        env.setenv("AWS_ENDPOINT_URL_S3", proxy.url)  # the processor's S3 calls, on the wire
+        running = RunningPipeline(write_yaml(tmp_path, config))
+        recorder = CallRecorder(running)
+        running.start()
+        try:
+            for body in bodies:
+                sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+            wait_for(lambda: running.stats["processed"] == len(bodies) - ("hold" in bodies),
+                     message="messages stored (errors too) and deleted")
+            if hold:
+                wait_for(lambda: (tmp_path / "holding").exists(), message="the held message")
+        finally:
+            running.stop()
+            (tmp_path / "go").touch()
+        recorder.add_wire_calls(proxy)
     return recorder, running
 
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.compat import HAS_CRT
+from helpers.faultproxy import FaultProxy
 from helpers.support import pipeline_config, stored_objects, unique, wait_for, write_config
 
 from sqs_processor.config import load_config
@@ -23,18 +25,30 @@ from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.pipeline import build_pipeline, close_pipeline
 
 MOTO_ACCOUNT = "123456789012"  # the account moto reports as every bucket's owner
+CLIENTS = ("obstore", "boto3")
 
 
-def _capture_put_headers(running) -> list[dict[str, str]]:
-    """Record the headers of every PutObject request the sink's own client sends."""
-    sent: list[dict[str, str]] = []
+@pytest.fixture
+def proxy(emulator: str) -> Iterator[FaultProxy]:
+    """A recording proxy in front of moto: the headers each client really sent."""
+    with FaultProxy(emulator) as running:
+        yield running
 
-    def record(request, **_: Any) -> None:
-        sent.append({k.lower(): v.decode() if isinstance(v, bytes) else v
-                     for k, v in request.headers.items()})
 
-    running.pipeline.sink.objects.client.meta.events.register("before-send.s3.PutObject", record)
-    return sent
+def _config(queue_url: str, bucket: str, proxy: FaultProxy, client: str,
+            **sink: Any) -> dict[str, Any]:
+    return pipeline_config(queue_url, bucket, aws={"endpoint_url": proxy.url},
+                           sink={"client": client, **sink})
+
+
+def _put_headers(proxy: FaultProxy) -> list[dict[str, str]]:
+    return [{k.lower(): v for k, v in r.headers.items()} for r in proxy.seen("PutObject")]
+
+
+def _signed(headers: dict[str, str]) -> set[str]:
+    """The header names the request's SigV4 signature covers."""
+    return set(headers["authorization"].split("SignedHeaders=", 1)[1].split(",", 1)[0]
+               .split(";"))
 
 
 def _send(sqs, queue_url: str, count: int) -> list[str]:
@@ -42,18 +56,15 @@ def _send(sqs, queue_url: str, count: int) -> list[str]:
             for i in range(count)]
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_owner_encryption_tags_metadata_and_checksum_reach_every_stored_object(
-        sqs, s3, queue_url, bucket, run_pipeline):
+        sqs, s3, queue_url, bucket, run_pipeline, proxy, client):
     tags = {"team": "data platform", "path": "a/b=c+d", "owner": "café@example"}
-    config = pipeline_config(queue_url, bucket, sink={
-        "expected_bucket_owner": MOTO_ACCOUNT,
-        "server_side_encryption": "AES256",
-        "tags": tags,
-        "metadata": {"source": "sqs-processor", "pipeline-name": "orders.v2"},
-        "checksum_algorithm": "SHA256",
-    })
-    running = run_pipeline(config)
-    headers = _capture_put_headers(running)
+    running = run_pipeline(_config(
+        queue_url, bucket, proxy, client, expected_bucket_owner=MOTO_ACCOUNT,
+        server_side_encryption="AES256", tags=tags,
+        metadata={"source": "sqs-processor", "pipeline-name": "orders.v2"},
+        checksum_algorithm="SHA256", content_type="application/vnd.archive+json"))
     ids = _send(sqs, queue_url, 2)
     wait_for(lambda: running.stats["processed"] == 2, message="both messages processed")
 
@@ -63,26 +74,31 @@ def test_owner_encryption_tags_metadata_and_checksum_reach_every_stored_object(
         head = s3.head_object(Bucket=bucket, Key=key, ChecksumMode="ENABLED")
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
         assert head["ServerSideEncryption"] == "AES256"
+        assert head["ContentType"] == "application/vnd.archive+json"
         assert head["Metadata"] == {"source": "sqs-processor", "pipeline-name": "orders.v2"}
         assert head["ChecksumSHA256"] == base64.b64encode(hashlib.sha256(body).digest()).decode()
         tag_set = s3.get_object_tagging(Bucket=bucket, Key=key)["TagSet"]
         assert {t["Key"]: t["Value"] for t in tag_set} == tags
-    # moto does not check the owner; the header must still be on every put.
+    # moto does not check the owner; the header must still be on every put, and signed
+    # (S3 refuses x-amz-* headers a signature does not cover).
+    headers = _put_headers(proxy)
     assert len(headers) == 2
     assert {h.get("x-amz-expected-bucket-owner") for h in headers} == {MOTO_ACCOUNT}
+    assert all({"x-amz-expected-bucket-owner", "x-amz-tagging", "if-none-match"} <= _signed(h)
+               for h in headers)
 
 
+@pytest.mark.parametrize("client", CLIENTS)
 def test_sse_kms_sends_the_key_and_bucket_key_setting(sqs, s3, aws_env, queue_url, bucket,
-                                                      run_pipeline):
+                                                      run_pipeline, proxy, client):
     import boto3
 
     kms = boto3.client("kms", region_name=aws_env["AWS_REGION"],
                        endpoint_url=aws_env["AWS_ENDPOINT_URL"])
     key_arn = kms.create_key(Description=unique("sink-test"))["KeyMetadata"]["Arn"]
-    config = pipeline_config(queue_url, bucket, sink={
-        "server_side_encryption": "aws:kms", "kms_key_id": key_arn, "bucket_key_enabled": True})
-    running = run_pipeline(config)
-    headers = _capture_put_headers(running)
+    running = run_pipeline(_config(queue_url, bucket, proxy, client,
+                                   server_side_encryption="aws:kms", kms_key_id=key_arn,
+                                   bucket_key_enabled=True))
     _send(sqs, queue_url, 1)
     wait_for(lambda: running.stats["processed"] == 1, message="the message processed")
 
@@ -91,21 +107,51 @@ def test_sse_kms_sends_the_key_and_bucket_key_setting(sqs, s3, aws_env, queue_ur
     assert head["ServerSideEncryption"] == "aws:kms"
     assert head["SSEKMSKeyId"] == key_arn
     assert head["BucketKeyEnabled"] is True
-    assert headers[0]["x-amz-server-side-encryption-aws-kms-key-id"] == key_arn
-    assert "x-amz-tagging" not in headers[0]  # nothing that needs s3:PutObjectTagging
+    (headers,) = _put_headers(proxy)
+    assert headers["x-amz-server-side-encryption-aws-kms-key-id"] == key_arn
+    assert "x-amz-tagging" not in headers  # nothing that needs s3:PutObjectTagging
 
 
-def test_without_the_new_options_a_put_carries_none_of_their_headers(sqs, s3, queue_url,
-                                                                      bucket, run_pipeline):
-    running = run_pipeline(pipeline_config(queue_url, bucket))
-    headers = _capture_put_headers(running)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_dsse_kms_and_crc64nvme_are_sent(sqs, queue_url, bucket, run_pipeline, proxy, client):
+    if client == "boto3" and not HAS_CRT:
+        pytest.skip("boto3 computes CRC64NVME only with botocore[crt], not installed here")
+    running = run_pipeline(_config(queue_url, bucket, proxy, client,
+                                   server_side_encryption="aws:kms:dsse",
+                                   kms_key_id="alias/archive", checksum_algorithm="CRC64NVME"))
+    _send(sqs, queue_url, 1)
+    wait_for(lambda: proxy.count("PutObject") == 1, message="the put")
+    (headers,) = _put_headers(proxy)
+    assert headers["x-amz-server-side-encryption"] == "aws:kms:dsse"
+    assert headers["x-amz-server-side-encryption-aws-kms-key-id"] == "alias/archive"
+    assert headers.get("x-amz-checksum-crc64nvme")
+    assert running.runner.liveness()[0]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_without_the_new_options_a_put_carries_none_of_their_headers(
+        sqs, s3, queue_url, bucket, run_pipeline, proxy, client):
+    running = run_pipeline(_config(queue_url, bucket, proxy, client))
     _send(sqs, queue_url, 1)
     wait_for(lambda: running.stats["processed"] == 1, message="the message processed")
-    assert len(headers) == 1
+    (headers,) = _put_headers(proxy)
+    assert headers["if-none-match"] == "*"
+    assert headers["content-type"] == "application/json"
     for name in ("x-amz-expected-bucket-owner", "x-amz-server-side-encryption", "x-amz-tagging",
                  "x-amz-checksum-sha256"):
-        assert name not in headers[0]
-    assert not [h for h in headers[0] if h.startswith("x-amz-meta-")]
+        assert name not in headers
+    assert not [h for h in headers if h.startswith("x-amz-meta-")]
+
+
+@pytest.mark.parametrize("client", CLIENTS)
+def test_conditional_write_off_sends_no_precondition(sqs, s3, queue_url, bucket, run_pipeline,
+                                                     proxy, client):
+    running = run_pipeline(_config(queue_url, bucket, proxy, client, conditional_write=False))
+    _send(sqs, queue_url, 1)
+    wait_for(lambda: running.stats["processed"] == 1, message="the message processed")
+    (headers,) = _put_headers(proxy)
+    assert "if-none-match" not in headers
+    assert len(stored_objects(s3, bucket)) == 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,7 +161,8 @@ def test_without_the_new_options_a_put_carries_none_of_their_headers(sqs, s3, qu
 
 def _build(tmp_path: Path, environ: dict[str, str] | None = None, **sink: Any):
     config = pipeline_config("https://sqs.us-east-1.amazonaws.com/123456789012/q",
-                             "offline-bucket", sink=sink, aws={"region": "us-east-1"})
+                             "offline-bucket", sink={"client": "boto3", **sink},
+                             aws={"region": "us-east-1"})
     loaded = load_config(write_config(tmp_path, config), environ=environ or {})
     pipeline = build_pipeline(loaded, build_plugin_manager(loaded.plugin_settings))
     close_pipeline(pipeline)
@@ -161,11 +208,29 @@ BAD = [
 
 @pytest.mark.parametrize(("sink", "key", "problem"), BAD,
                          ids=[f"{b[1]}-{i}" for i, b in enumerate(BAD)])
-def test_bad_security_option_is_a_config_error_naming_the_key(tmp_path, sink, key, problem):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_bad_security_option_is_a_config_error_naming_the_key(tmp_path, sink, key, problem,
+                                                              client):
     with pytest.raises(ConfigError) as caught:
-        _build(tmp_path, **sink)
+        _build(tmp_path, **{"client": client, **sink})
     assert caught.value.key == key
     assert problem in str(caught.value)
+
+
+@pytest.mark.parametrize("algorithm", ["CRC32", "CRC32C", "SHA1"])
+def test_a_checksum_obstore_cannot_compute_is_refused_naming_the_boto3_client(tmp_path,
+                                                                            algorithm):
+    with pytest.raises(ConfigError) as caught:
+        _build(tmp_path, client="obstore", checksum_algorithm=algorithm)
+    assert caught.value.key == "sink.checksum_algorithm"
+    assert "not supported by the obstore client" in str(caught.value)
+    assert "sink.client: boto3" in str(caught.value)
+
+
+def test_an_unknown_client_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError) as caught:
+        _build(tmp_path, client="aws-cli")
+    assert caught.value.key == "sink.client"
 
 
 @pytest.mark.skipif(HAS_CRT, reason="the AWS CRT is installed, so CRC32C is computable")
@@ -199,6 +264,24 @@ def test_valid_options_become_exactly_these_put_parameters(tmp_path):
         "Tagging": "a%20b=c%2Fd&e=",
         "Metadata": {"x-y": "1 2"},
         "ChecksumAlgorithm": "CRC32",
+    }
+
+
+def test_the_obstore_client_gets_the_same_settings(tmp_path):
+    sink = _build(tmp_path, client="obstore", expected_bucket_owner="210987654321",
+                  server_side_encryption="aws:kms",
+                  kms_key_id="arn:aws:kms:us-east-1:210987654321:alias/archive",
+                  bucket_key_enabled=False, tags={"a b": "c/d", "e": ""},
+                  metadata={"x-y": "1 2"}, checksum_algorithm="SHA256").sink
+    assert sink.objects.client_name == "obstore"
+    assert sink.objects.writer.settings == {
+        "expected_bucket_owner": "210987654321",
+        "sse": "aws:kms",
+        "kms_key_id": "arn:aws:kms:us-east-1:210987654321:alias/archive",
+        "bucket_key_enabled": False,
+        "tags": (("a b", "c/d"), ("e", "")),
+        "metadata": (("x-y", "1 2"),),
+        "checksum": "SHA256",
     }
 
 

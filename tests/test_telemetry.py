@@ -89,7 +89,8 @@ def traced_run(tmp_path: Path, aws_env: dict[str, str], queue_url: str, bucket: 
                       OTEL_EXPORTER_OTLP_PROTOCOL=protocol, OTEL_SERVICE_NAME="archiver-test",
                       OTEL_RESOURCE_ATTRIBUTES="deployment.environment=test,team=storage",
                       OTEL_BSP_SCHEDULE_DELAY="100", **(extra_env or {}))
-        process = Process(["run", "--config", str(path), "--log-format", "json"], env)
+        process = Process(["--log-level", "debug", "run", "--config", str(path),
+                           "--log-format", "json"], env)
         started.append(process)
         process.wait_event("started")
         return process
@@ -104,10 +105,12 @@ def _stop(process: Process) -> None:
     assert process.finish() == 0
 
 
+@pytest.mark.parametrize("client", ["obstore", "boto3"])
 def test_span_tree_follows_the_producer_trace_to_the_s3_key(traced_run, sqs, s3, queue_url,
-                                                             bucket):
+                                                             bucket, aws_env, client):
     with OtlpHttpReceiver() as receiver:
-        process = traced_run(receiver, transforms=["json_parse", "enrich"])
+        process = traced_run(receiver, transforms=["json_parse", "enrich"],
+                             sink={"client": client})
         queue = queue_url.rsplit("/", 1)[1]
         with_parent = sqs.send_message(QueueUrl=queue_url, MessageBody='{"order": 1}',
                                        MessageAttributes=_traceparent())["MessageId"]
@@ -161,9 +164,16 @@ def test_span_tree_follows_the_producer_trace_to_the_s3_key(traced_run, sqs, s3,
         write = children["write s3"]
         assert write["attributes"]["aws.s3.bucket"] == bucket
         assert write["attributes"]["aws.s3.key"] == keys[message_id]
-        # The S3 call itself is a client span under the write (botocore instrumentation).
+        # The S3 call itself is a client span under the write, with the attributes the
+        # botocore instrumentation gives, whichever client made it.
         puts = _children(spans, write)
         assert "S3.PutObject" in puts and puts["S3.PutObject"]["kind"] == "CLIENT"
+        put = puts["S3.PutObject"]["attributes"]
+        assert {k: put.get(k) for k in ("rpc.system", "rpc.service", "rpc.method",
+                                        "http.status_code", "cloud.region")} == {
+            "rpc.system": "aws-api", "rpc.service": "S3", "rpc.method": "PutObject",
+            "http.status_code": 200, "cloud.region": aws_env["AWS_REGION"]}
+        assert put["server.address"] == "127.0.0.1" and put["server.port"] > 0
 
     assert _process_span(spans, with_parent)["trace_id"] == PRODUCER_TRACE
     assert _process_span(spans, with_parent)["parent_span_id"] == PRODUCER_SPAN

@@ -32,7 +32,7 @@ from sqs_processor import (
 from sqs_processor.acks import ACK_ATTEMPTS
 from sqs_processor.config import load_config
 from sqs_processor.heartbeat import MAX_VISIBILITY_SECONDS, VisibilityHeartbeat
-from sqs_processor.inflight import InFlight, Job
+from sqs_processor.inflight import InFlight, Job, Reservation, message_cost
 from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.pause import SYSTEM_RETRIES_BEFORE_BLAME, Backoff, RetryTimer, SystemPause
 from sqs_processor.pipeline import build_pipeline
@@ -72,16 +72,53 @@ def test_inflight_reserve_waits_for_room_and_gives_up_when_stopped():
     stop = threading.Event()
     first = job(1)
     inflight.track(0, [first, job(2)])
-    got: list[bool] = []
+    got: list[Reservation | None] = []
     waiter = threading.Thread(target=lambda: got.append(inflight.reserve(1, stop, poll=0.05)))
     waiter.start()
     time.sleep(0.2)
     assert got == []  # still waiting: the set is full
     inflight.settle(first)
     waiter.join(10)
-    assert got == [True]
+    assert got == [Reservation(1)]
     stop.set()
-    assert inflight.reserve(1, stop) is False
+    assert inflight.reserve(1, stop) is None
+
+
+def _sized(n: int, body: str) -> Job:
+    message = Message(f"m-{n}", f"rh-{n}", body, datetime.now(UTC))
+    return Job(message, trace.INVALID_SPAN, Context(), cost=message_cost(message))
+
+
+def test_a_message_costs_what_its_characters_take_once_held_parsed_and_encoded():
+    size = 100_000
+    ascii_text, emoji_text = "a" * size, "😀" * (size // 4)  # both 100 kB of UTF-8
+    quotes = '\\"' * (size // 2)  # every character escaped in the document
+    cost = {name: message_cost(Message("m", "rh", body, datetime.now(UTC)))
+            for name, body in (("ascii", ascii_text), ("emoji", emoji_text),
+                               ("quotes", quotes), ("one emoji", ascii_text[:-1] + "😀"))}
+    assert 4 * size <= cost["ascii"] < 4 * size + 4096  # held, parsed, body and parsed encoded
+    assert cost["quotes"] > 1.4 * cost["ascii"]  # escapes double the encoded document
+    assert cost["one emoji"] > 2.4 * cost["ascii"]  # one emoji: 4 bytes a character in memory
+    assert cost["emoji"] < cost["one emoji"]
+
+
+def test_inflight_bytes_bound_receives_and_a_huge_message_still_gets_through():
+    mib = 1024 * 1024
+    inflight = InFlight(100, max_bytes=8 * mib)
+    stop = threading.Event()
+    small = inflight.reserve(10, stop)
+    assert small is not None and small.size == 10 * InFlight.FLOOR  # nothing seen yet
+    big = [_sized(i, "x" * mib) for i in range(3)]  # about 4 MiB each
+    inflight.track(small, big)
+    assert inflight.held_bytes == sum(j.cost for j in big) > 8 * mib  # over: one receive's worth
+    assert inflight.try_reserve(10) is None  # the next receive waits, though the count has room
+    inflight.settle_all(big[:2])
+    assert inflight.try_reserve(10) is None  # expected: ten like the recent ones, capped at 8 MiB
+    inflight.settle(big[2])
+    alone = inflight.try_reserve(10)  # with nothing held a receive always fits
+    assert alone is not None and alone.size == 8 * mib
+    inflight.unreserve(alone)
+    assert inflight.held_bytes == 0 and inflight.wait_drained(0)
 
 
 def test_inflight_unwritten_leaves_jobs_that_only_wait_for_their_delete():
@@ -275,8 +312,9 @@ def wired(tmp_path: Path, bodies: list[str], **service: object):
 
 def test_poll_once_tracks_what_the_receive_brought_and_hands_each_job_on(tmp_path):
     _, pipeline, units, received = wired(tmp_path, ["a", "b", "c"])
-    assert units.inflight.try_reserve(units.poller.reserve)
-    assert units.poller.poll_once() == 3
+    reservation = units.inflight.try_reserve(units.poller.reserve)
+    assert reservation is not None
+    assert units.poller.poll_once(reservation) == 3
     assert [j.message.body for j in received] == ["a", "b", "c"]
     assert len(units.inflight) == 3 and units.inflight.try_reserve(units.inflight.max_messages - 3)
     assert pipeline.stats.snapshot()["received"] == 3
@@ -284,8 +322,7 @@ def test_poll_once_tracks_what_the_receive_brought_and_hands_each_job_on(tmp_pat
 
 def test_a_retryable_ack_failure_is_offered_again_and_a_sender_fault_is_given_up(tmp_path):
     parts, pipeline, units, received = wired(tmp_path, ["a", "b", "c"])
-    units.inflight.try_reserve(10)
-    units.poller.poll_once()
+    units.poller.poll_once(units.inflight.try_reserve(10))
     ids = [j.message.message_id for j in received]
     parts.acker.plan[ids[0]] = [AckFailure(received[0].message, "InternalError", "", True)]
     parts.acker.plan[ids[1]] = [AckFailure(received[1].message, "ReceiptHandleIsInvalid", "")]
@@ -301,8 +338,7 @@ def test_a_retryable_ack_failure_is_offered_again_and_a_sender_fault_is_given_up
 
 def test_a_retryable_failure_that_keeps_failing_is_given_up_after_the_last_attempt(tmp_path):
     parts, _, units, received = wired(tmp_path, ["a"])
-    units.inflight.try_reserve(10)
-    units.poller.poll_once()
+    units.poller.poll_once(units.inflight.try_reserve(10))
     [only] = received
     parts.acker.plan[only.message.message_id] = [
         AckFailure(only.message, "InternalError", "", True) for _ in range(ACK_ATTEMPTS)]
@@ -314,8 +350,7 @@ def test_a_retryable_failure_that_keeps_failing_is_given_up_after_the_last_attem
 
 def test_an_acker_that_raises_counts_as_a_retryable_failure_of_every_message(tmp_path):
     parts, pipeline, units, received = wired(tmp_path, ["a", "b"])
-    units.inflight.try_reserve(10)
-    units.poller.poll_once()
+    units.poller.poll_once(units.inflight.try_reserve(10))
     parts.acker.raise_next = ConnectionError("queue unreachable")
     for j in received:
         units.workers.process(j)
@@ -326,8 +361,7 @@ def test_an_acker_that_raises_counts_as_a_retryable_failure_of_every_message(tmp
 
 def test_a_system_failure_holds_the_message_for_a_retry_instead_of_failing_it(tmp_path):
     parts, pipeline, units, received = wired(tmp_path, ["outage-1", "fine"])
-    units.inflight.try_reserve(10)
-    units.poller.poll_once()
+    units.poller.poll_once(units.inflight.try_reserve(10))
     held, fine = received
     assert units.workers.process(held).status == "failed"
     assert pipeline.stats.snapshot()["failed"] == 0  # not the message's fault: not counted

@@ -81,13 +81,13 @@ class ChildProcess:
     def port(self) -> int:
         return int(self.wait_event("health_listening")["port"])
 
-    def rss_bytes(self) -> int:
-        """Resident memory of the child (Linux /proc)."""
+    def rss_bytes(self, field: str = "VmRSS") -> int:
+        """Resident memory of the child (Linux /proc); ``VmHWM`` is its peak so far."""
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         for line in status.splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS line")
+        raise AssertionError(f"no {field} line")
 
     def terminate(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
@@ -112,9 +112,11 @@ class ChildProcess:
 
 
 class ProcessorProcess(ChildProcess):
-    """``sqs-processor run --config FILE --log-format json``."""
+    """``sqs-processor --log-level LEVEL run --config FILE --log-format json``; DEBUG by
+    default, so the per-message events (stored, acked, received) are there to assert on."""
 
     def __init__(self, config: Path, env: dict[str, str], name: str = "processor",
+                 log_level: str = "debug",
                  preexec_fn: Callable[[], None] | None = None) -> None:
-        super().__init__(["run", "--config", str(config), "--log-format", "json"], env, name,
-                         preexec_fn)
+        super().__init__(["--log-level", log_level, "run", "--config", str(config),
+                          "--log-format", "json"], env, name, preexec_fn)

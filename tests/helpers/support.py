@@ -23,6 +23,12 @@ from sqs_processor.runner import Runner
 REGION = "us-east-1"
 ROOT = Path(__file__).resolve().parents[2]
 
+S3_CLIENT = os.environ.get("SQS_PROCESSOR_TEST_S3_CLIENT", "obstore")
+"""The s3 sink's client in every test pipeline: ``SQS_PROCESSOR_TEST_S3_CLIENT=boto3`` runs the
+suite with ``client: boto3`` (the default, obstore, otherwise)."""
+if S3_CLIENT not in ("obstore", "boto3"):
+    raise RuntimeError(f"SQS_PROCESSOR_TEST_S3_CLIENT={S3_CLIENT!r}; expected obstore or boto3")
+
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
@@ -82,7 +88,7 @@ def pipeline_config(queue_url: str, bucket: str, **sections: Any) -> dict[str, A
         "source": {"type": "sqs", "queue_url": queue_url, "wait_time_seconds": 1,
                    "poll_interval_seconds": 1},
         "transforms": ["json_parse", "enrich"],
-        "sink": {"type": "s3", "bucket": bucket, "prefix": "archive/"},
+        "sink": {"type": "s3", "bucket": bucket, "prefix": "archive/", "client": S3_CLIENT},
         "ack": {"type": "sqs_delete"},
     }
     for key, value in sections.items():
@@ -90,6 +96,8 @@ def pipeline_config(queue_url: str, bucket: str, **sections: Any) -> dict[str, A
             config[key] = {**config[key], **value}
         else:
             config[key] = value
+    if isinstance(config.get("sink"), dict) and config["sink"].get("type") != "s3":
+        config["sink"].pop("client", None)  # another sink type has no such option
     return config
 
 

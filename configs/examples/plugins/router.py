@@ -126,9 +126,9 @@ ROUTED_S3_OPTIONS = (
 class RoutedS3Sink(s3_sink.S3Sink):
     """The S3 sink, with ``<route>/`` between the prefix and the date folders."""
 
-    def __init__(self, client: Any, options: Mapping[str, Any],
+    def __init__(self, writer: Any, options: Mapping[str, Any],
                  put_options: Mapping[str, Any]) -> None:
-        super().__init__(client, options, put_options)
+        super().__init__(writer, options, put_options)
         self.default_route: str = options["default_route"]
 
     def key_for(self, record: Record) -> str:
@@ -147,7 +147,8 @@ def build_routed_s3(options: Mapping[str, Any], context: BuildContext) -> Routed
     if len(options["prefix"].encode("utf-8")) > room:
         raise ConfigError(f"{where}.prefix", "leaves no room for the route in a key",
                           value=options["prefix"], expected=f"at most {room} bytes")
-    return RoutedS3Sink(context.aws.client("s3"), options, put_options)
+    # The s3 sink's client option (obstore or boto3) picks the writer, as it does there.
+    return RoutedS3Sink(s3_sink.writer_for(options, put_options, context), options, put_options)
 
 
 @hookimpl
