@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
+from helpers.processes import ProcessorProcess
 from helpers.support import REGION, RunningPipeline, unique, write_config
 
 
@@ -97,3 +98,12 @@ def run_pipeline(tmp_path: Path) -> Iterator[Callable[[dict[str, Any]], RunningP
     yield start
     for running in started:
         running.__exit__(None, None, None)
+
+
+@pytest.fixture
+def child() -> Iterator[list[ProcessorProcess]]:
+    """Processor children a test starts (it appends them); stopped when the test ends."""
+    processes: list[ProcessorProcess] = []
+    yield processes
+    for process in processes:
+        process.stop()

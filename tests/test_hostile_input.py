@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -134,14 +133,6 @@ def test_hostile_bodies_and_attributes_are_archived_byte_faithfully(
     assert escaped["parsed_body"] == {"nul": "a\x00b", "ansi": "\x1b[31mred\x1b[0m\x07"}
     with_attributes = [d for d in stored.values() if d["message_attributes"]]
     assert len(with_attributes) == len(CORPUS)
-
-
-@pytest.fixture
-def child() -> Iterator[list[ProcessorProcess]]:
-    processes: list[ProcessorProcess] = []
-    yield processes
-    for process in processes:
-        process.stop()
 
 
 @pytest.mark.timeout(150)

@@ -3,9 +3,6 @@ and every error still logged on its own with the message id and the stage."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from helpers.processes import ProcessorProcess
 from helpers.support import (
     cli_env,
@@ -31,14 +28,6 @@ def refuse(record):
 def sqs_processor_transforms():
     return TransformSpec("refuser", lambda options, context: refuse, "Fails on 'poison'.")
 '''
-
-
-@pytest.fixture
-def child() -> Iterator[list[ProcessorProcess]]:
-    processes: list[ProcessorProcess] = []
-    yield processes
-    for process in processes:
-        process.stop()
 
 
 def test_info_logs_sum_up_the_work_and_still_name_each_failed_message(
