@@ -156,15 +156,14 @@ class InFlight:
         self._reserved_bytes += reservation.size
         return reservation
 
-    def unreserve(self, reservation: Reservation | int) -> None:
+    def unreserve(self, reservation: Reservation) -> None:
         """Give back room taken by :meth:`reserve` that no message will use (a failed receive)."""
-        reservation = _as_reservation(reservation)
         with self._cond:
             self._reserved -= reservation.count
             self._reserved_bytes -= reservation.size
             self._wake()
 
-    def track(self, reservation: Reservation | int, jobs: Sequence[Job]) -> None:
+    def track(self, reservation: Reservation, jobs: Sequence[Job]) -> None:
         """Hold ``jobs`` (at their ``cost``) in the room reserved by their receive; what they
         do not use is given back.
 
@@ -172,7 +171,6 @@ class InFlight:
         still have every job tracked (the room may then be exceeded until they settle; the
         next receive waits for it).
         """
-        reservation = _as_reservation(reservation)
         with self._cond:
             self._reserved -= reservation.count
             self._reserved_bytes -= reservation.size
@@ -246,7 +244,3 @@ class InFlight:
         # to the dictionary operation.
         if self._waiting:
             self._cond.notify_all()
-
-
-def _as_reservation(reservation: Reservation | int) -> Reservation:
-    return reservation if isinstance(reservation, Reservation) else Reservation(reservation)

@@ -130,7 +130,7 @@ class Settlement:
         self.ack_label = pipeline.config.ack.type
         self.queue_labels = {"queue": tracing.queue}
         self.summary = Summary(pipeline.stats,
-                               pipeline.config.service.get("log_summary_seconds", 0.0),
+                               pipeline.config.service["log_summary_seconds"],
                                tracing.queue)
 
     # -- done with the sink: delete next -------------------------------------------------------

@@ -54,13 +54,15 @@ def job(n: int = 0, **fields: object) -> Job:
 def test_inflight_room_counts_reservations_and_jobs_and_settles_each_job_once():
     inflight = InFlight(10)
     stop = threading.Event()
-    assert inflight.reserve(10, stop)
+    receive = inflight.reserve(10, stop)
+    assert receive == Reservation(10)
     assert not inflight.try_reserve(1)  # all room is reserved
     jobs = [job(i) for i in range(4)]
-    inflight.track(10, jobs)  # the receive brought 4 of the 10 it reserved
+    inflight.track(receive, jobs)  # the receive brought 4 of the 10 it reserved
     assert len(inflight) == 4
-    assert inflight.try_reserve(6) and not inflight.try_reserve(1)
-    inflight.unreserve(6)
+    rest = inflight.try_reserve(6)
+    assert rest == Reservation(6) and not inflight.try_reserve(1)
+    inflight.unreserve(rest)
     assert inflight.settle(jobs[0]) is True
     assert inflight.settle(jobs[0]) is False  # a second settlement of one job changes nothing
     assert inflight.settle_all(jobs) == jobs[1:]
@@ -71,7 +73,7 @@ def test_inflight_reserve_waits_for_room_and_gives_up_when_stopped():
     inflight = InFlight(2)
     stop = threading.Event()
     first = job(1)
-    inflight.track(0, [first, job(2)])
+    inflight.track(Reservation(0), [first, job(2)])  # a source that returned unreserved messages
     got: list[Reservation | None] = []
     waiter = threading.Thread(target=lambda: got.append(inflight.reserve(1, stop, poll=0.05)))
     waiter.start()
@@ -124,7 +126,7 @@ def test_inflight_bytes_bound_receives_and_a_huge_message_still_gets_through():
 def test_inflight_unwritten_leaves_jobs_that_only_wait_for_their_delete():
     inflight = InFlight(5)
     written, pending = job(1, written=True), job(2)
-    inflight.track(0, [written, pending])
+    inflight.track(Reservation(0), [written, pending])
     assert inflight.unwritten() == [pending]
     assert not inflight.wait_drained(0.05)
 
@@ -393,7 +395,7 @@ class Extending(ListSource):
 
 def heartbeat(source: Extending, jobs: list[Job], visibility: float = 30.0):
     inflight = InFlight(100)
-    inflight.track(0, jobs)
+    inflight.track(Reservation(0), jobs)
     return VisibilityHeartbeat(source, inflight, Telemetry().metrics, visibility)
 
 
