@@ -39,12 +39,19 @@ class Source:
     * Nothing is guaranteed to be called after a SIGKILL: messages that were in flight simply
       reappear after their visibility timeout. That is why delivery is at-least-once.
 
+    * ``max_message_bytes`` is the largest message ``receive()`` can return, body and
+      attributes, in bytes (SQS's 1 MiB by default; the ``sqs`` source reads its queue's
+      ``MaximumMessageSize`` in ``start()``). With several pollers, the in-flight memory budget
+      assumes a receive that starts while another is in progress may bring ``max_batch``
+      messages of that size.
+
     Identity, for metric labels, span names and logs: ``queue_name`` (None: the source's type
     name from the YAML is used) and ``messaging_system`` (the OpenTelemetry
     ``messaging.system``, e.g. ``aws_sqs``; None: the source's type name).
     """
 
     max_batch: int = 10
+    max_message_bytes: int = 1024 * 1024
     queue_name: str | None = None
     messaging_system: str | None = None
 

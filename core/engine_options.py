@@ -14,9 +14,12 @@ SERVICE_OPTIONS = (
     Option("health_host", str, "0.0.0.0", "Address the health server listens on."),
     Option("health_port", int, 8080, "Port of the health server (0 picks a free port).",
            minimum=0, maximum=65535),
-    Option("workers", int, 10, "Threads that run transforms and sink writes concurrently.",
+    Option("workers", int, 16, "Threads that run transforms and sink writes concurrently.",
            minimum=1, maximum=256),
-    Option("pollers", int, 1, "Threads that receive from the source concurrently.",
+    Option("pollers", int, 2,
+           "Threads that receive from the source concurrently. A receive that starts while "
+           "another is in progress needs room in max_in_flight_mib for a full receive of the "
+           "queue's largest messages.",
            minimum=1, maximum=32),
     Option("max_in_flight", int, 500,
            "Messages received but not yet acknowledged, at most (bounds the work at risk).",

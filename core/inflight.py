@@ -12,6 +12,12 @@ holds it, its parsed value, and the encoded document with its escapes):
   nothing is held, so a huge message cannot block the pipeline). It then
   :meth:`~InFlight.track`\\ s the jobs the receive returned, at their measured cost, which gives
   back the room they did not use;
+* only one receive at a time is sized on trust. While one is in progress, another reserves as
+  if it would bring ``max_batch`` messages of the source's largest size in plain text
+  (:func:`plain_cost` of ``largest_message``), and the first receive of all goes alone, before
+  any message size is known. So with several pollers, a burst of the largest plain messages
+  exceeds ``max_bytes`` by one receive's surprise at most, as with one poller; bodies that cost
+  more than plain text (escapes, emoji) add what they cost beyond it in the other receives;
 * :class:`~sqs_processor.settlement.Settlement` removes each job exactly once
   (:meth:`~InFlight.settle`): a second removal of the same job is a no-op, so two paths racing to
   end one message (a shutdown deadline and a late write) cannot free its room twice;
@@ -59,6 +65,12 @@ def message_cost(message: Message) -> int:
     return 2 * held + 2 * (utf8 + escapes) + 3 * attributes + MESSAGE_OVERHEAD
 
 
+def plain_cost(size: int) -> int:
+    """What a message of ``size`` bytes of plain ASCII text costs (:func:`message_cost` of such a
+    body: one byte a character, nothing to escape)."""
+    return 4 * size + MESSAGE_OVERHEAD
+
+
 @dataclass(frozen=True)
 class Reservation:
     """Room taken for one receive: ``count`` messages and ``size`` bytes."""
@@ -91,16 +103,22 @@ class Job:
 
 class InFlight:
     """Room for at most ``max_messages`` messages costing at most ``max_bytes`` (None: no byte
-    bound), and the jobs holding it; thread-safe."""
+    bound), and the jobs holding it; thread-safe. ``largest_message`` is the source's largest
+    message in bytes (what a concurrent receive is assumed to bring)."""
 
     RECENT = 64  # messages whose costs predict the next receive's
     FLOOR = 16 * 1024  # the least a receive is expected to cost per message
 
-    def __init__(self, max_messages: int, max_bytes: int | None = None) -> None:
+    def __init__(self, max_messages: int, max_bytes: int | None = None,
+                 largest_message: int = 1024 * 1024) -> None:
         if max_messages < 1:
             raise ValueError("max_messages must be at least 1")
+        if largest_message < 1:
+            raise ValueError("largest_message must be at least 1")
         self.max_messages = max_messages
         self.max_bytes = max_bytes
+        self.largest_cost = plain_cost(largest_message)
+        self._receiving = 0  # receives in progress: reservations of at least one message
         self._cond = threading.Condition()
         self._reserved = 0  # room taken by receives in progress
         self._reserved_bytes = 0
@@ -113,16 +131,20 @@ class InFlight:
     # -- room ----------------------------------------------------------------------------------
 
     def _expected(self, count: int) -> int:
-        """Bytes a receive of ``count`` messages is expected to cost (lock held)."""
+        """Bytes a receive of ``count`` messages is expected to cost (lock held): like the
+        recent messages when it is the only receive in progress, else like the largest."""
         if self.max_bytes is None:
             return 0
-        return min(count * self._typical, self.max_bytes)
+        each = max(self._typical, self.largest_cost) if self._receiving else self._typical
+        return min(count * each, self.max_bytes)
 
     def _fits(self, count: int, size: int) -> bool:
         if self._reserved + len(self._jobs) + count > self.max_messages:
             return False
         if self.max_bytes is None:
             return True
+        if self._receiving and not self._recent:
+            return False  # the first receive of all goes alone: no size is known yet
         used = self._bytes + self._reserved_bytes
         return used == 0 or used + size <= self.max_bytes
 
@@ -154,13 +176,18 @@ class InFlight:
         reservation = Reservation(count, self._expected(count))
         self._reserved += reservation.count
         self._reserved_bytes += reservation.size
+        self._receiving += 1 if reservation.count else 0
         return reservation
+
+    def _give_back(self, reservation: Reservation) -> None:
+        self._reserved -= reservation.count
+        self._reserved_bytes -= reservation.size
+        self._receiving -= 1 if reservation.count else 0
 
     def unreserve(self, reservation: Reservation) -> None:
         """Give back room taken by :meth:`reserve` that no message will use (a failed receive)."""
         with self._cond:
-            self._reserved -= reservation.count
-            self._reserved_bytes -= reservation.size
+            self._give_back(reservation)
             self._wake()
 
     def track(self, reservation: Reservation, jobs: Sequence[Job]) -> None:
@@ -172,8 +199,7 @@ class InFlight:
         next receive waits for it).
         """
         with self._cond:
-            self._reserved -= reservation.count
-            self._reserved_bytes -= reservation.size
+            self._give_back(reservation)
             for job in jobs:
                 self._jobs[id(job.message)] = job
                 self._bytes += job.cost

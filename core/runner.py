@@ -98,7 +98,8 @@ def assemble(pipeline: Pipeline, telemetry: Telemetry, *, threaded: bool,
     name = source.queue_name or pipeline.config.source.type
     tracing = MessageTracing(telemetry.tracer, telemetry.tracing, name,
                              source.messaging_system or pipeline.config.source.type)
-    inflight = InFlight(service["max_in_flight"], service["max_in_flight_mib"] * 1024 * 1024)
+    inflight = InFlight(service["max_in_flight"], service["max_in_flight_mib"] * 1024 * 1024,
+                        largest_message=max(1, int(source.max_message_bytes)))
     pause = SystemPause(service["system_backoff_max_seconds"])
     retries = RetryTimer(threaded=threaded)
     observers = Observers(pipeline.plugins, on_observer_error)

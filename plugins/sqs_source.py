@@ -36,6 +36,7 @@ from sqs_processor import (
 log = logging.getLogger(__name__)
 
 DEFAULT_VISIBILITY_TIMEOUT = 30  # SQS's own default, assumed when the queue cannot be asked
+SQS_MAX_MESSAGE_BYTES = 1024 * 1024  # SQS's largest message, assumed when the queue cannot be asked
 
 OPTIONS = (
     Option("queue_url", str, REQUIRED, "URL of the SQS queue to read."),
@@ -113,18 +114,27 @@ class SqsSource(Source):
         self._visibility: int | None = self.receive_visibility
 
     def start(self) -> None:
-        """Read the queue's VisibilityTimeout once, unless the YAML sets one for every receive."""
-        if self._visibility is not None:
-            return
+        """Read the queue's MaximumMessageSize (what the in-flight budget assumes a receive in
+        progress may bring) and its VisibilityTimeout, unless the YAML sets one for every
+        receive; once, with one call."""
+        names = ["MaximumMessageSize"] + (["VisibilityTimeout"] if self._visibility is None else [])
         try:
             response = self.client.get_queue_attributes(QueueUrl=self.queue_url,
-                                                        AttributeNames=["VisibilityTimeout"])
-            self._visibility = int(response["Attributes"]["VisibilityTimeout"])
+                                                        AttributeNames=names)
+            attributes = response["Attributes"]
+            self.max_message_bytes = int(attributes.get("MaximumMessageSize",
+                                                        SQS_MAX_MESSAGE_BYTES))
+            if self._visibility is None:
+                self._visibility = int(attributes["VisibilityTimeout"])
         except Exception as exc:
-            self._visibility = DEFAULT_VISIBILITY_TIMEOUT
-            log.warning("could not read the VisibilityTimeout of %s (%s); assuming %ds for the "
-                        "visibility heartbeat. Set source.visibility_timeout to be exact.",
+            self.max_message_bytes = SQS_MAX_MESSAGE_BYTES
+            if self._visibility is None:
+                self._visibility = DEFAULT_VISIBILITY_TIMEOUT
+            log.warning("could not read the attributes of %s (%s); assuming %ds of visibility "
+                        "for the heartbeat and messages of up to %d bytes. Set "
+                        "source.visibility_timeout to be exact.",
                         self.queue_name, describe_error(exc), self._visibility,
+                        self.max_message_bytes,
                         extra={"event": "visibility_unknown", "error": error_code(exc)})
 
     def visibility_timeout(self) -> float | None:

@@ -177,6 +177,28 @@ def test_sqs_source_keeps_the_fifo_system_attributes(build, sqs, bucket):
         assert name in message.attributes, name
 
 
+def test_sqs_source_reads_the_queues_largest_message_and_visibility_once_at_start(
+    build, sqs, bucket, caplog
+):
+    queue = sqs.create_queue(QueueName=unique("q"), Attributes={
+        "MaximumMessageSize": "262144", "VisibilityTimeout": "45"})["QueueUrl"]
+    source = build(queue, bucket).source
+    assert source.max_message_bytes == 1024 * 1024  # before start: SQS's largest
+    source.start()
+    assert (source.max_message_bytes, source.visibility_timeout()) == (262144, 45.0)
+
+    fixed = build(queue, bucket, source={"visibility_timeout": 90}).source
+    fixed.start()  # the YAML's visibility wins; the size is still the queue's
+    assert (fixed.max_message_bytes, fixed.visibility_timeout()) == (262144, 90.0)
+
+    gone = build(queue.rsplit("/", 1)[0] + "/" + unique("missing"), bucket).source
+    with caplog.at_level("WARNING", logger="sqs_processor"):
+        gone.start()  # the queue cannot be asked: SQS's own limits are assumed, and said
+    assert (gone.max_message_bytes, gone.visibility_timeout()) == (1024 * 1024, 30.0)
+    [warning] = [r for r in caplog.records if getattr(r, "event", "") == "visibility_unknown"]
+    assert "messages of up to 1048576 bytes" in warning.getMessage()
+
+
 def test_sqs_source_returns_at_most_max_messages_per_receive(build, sqs, queue_url, bucket):
     for i in range(5):
         send(sqs, queue_url, f"m{i}")

@@ -226,7 +226,8 @@ def test_retryable_ack_failures_are_retried_and_others_given_up(tmp_path: Path):
 
 
 def test_a_receive_that_raises_backs_off_and_recovers(tmp_path: Path, caplog):
-    runner, _ = make_runner(tmp_path, [f"ok-{i}" for i in range(5)])
+    # One poller, so the second call is the failed poller's own retry after its backoff.
+    runner, _ = make_runner(tmp_path, [f"ok-{i}" for i in range(5)], service={"pollers": 1})
     source = runner.pipeline.source
     original = source.receive
     calls: list[float] = []

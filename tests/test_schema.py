@@ -79,7 +79,7 @@ def test_sqs_processor_schema_prints_a_valid_schema_with_every_builtin_option(bu
     assert set(sqs["properties"]) == {"type", "queue_url", "max_messages", "wait_time_seconds",
                                       "poll_interval_seconds", "visibility_timeout"}
     workers = printed["properties"]["service"]["properties"]["workers"]
-    assert workers["default"] == 10 and workers["anyOf"][0] == {
+    assert workers["default"] == 16 and workers["anyOf"][0] == {
         "type": "integer", "minimum": 1, "maximum": 256}
 
 

@@ -32,7 +32,14 @@ from sqs_processor import (
 from sqs_processor.acks import ACK_ATTEMPTS
 from sqs_processor.config import load_config
 from sqs_processor.heartbeat import MAX_VISIBILITY_SECONDS, VisibilityHeartbeat
-from sqs_processor.inflight import InFlight, Job, Reservation, message_cost
+from sqs_processor.inflight import (
+    MESSAGE_OVERHEAD,
+    InFlight,
+    Job,
+    Reservation,
+    message_cost,
+    plain_cost,
+)
 from sqs_processor.loaders import build_plugin_manager
 from sqs_processor.pause import SYSTEM_RETRIES_BEFORE_BLAME, Backoff, RetryTimer, SystemPause
 from sqs_processor.pipeline import build_pipeline
@@ -121,6 +128,49 @@ def test_inflight_bytes_bound_receives_and_a_huge_message_still_gets_through():
     assert alone is not None and alone.size == 8 * mib
     inflight.unreserve(alone)
     assert inflight.held_bytes == 0 and inflight.wait_drained(0)
+
+
+def test_inflight_takes_one_receive_at_a_time_on_trust_and_sizes_the_others_by_the_largest():
+    mib = 1024 * 1024
+    inflight = InFlight(1000, max_bytes=64 * mib, largest_message=mib)
+    assert inflight.largest_cost == plain_cost(mib) == 4 * mib + MESSAGE_OVERHEAD
+    first = inflight.try_reserve(10)
+    assert first is not None and first.size == 10 * InFlight.FLOOR
+    assert inflight.try_reserve(10) is None  # no size known yet: the first receive goes alone
+    small = [_sized(i, "x" * 1000) for i in range(10)]
+    inflight.track(first, small)  # now sizes are known (small ones)
+    trusted = inflight.try_reserve(10)  # alone again: sized like the recent messages
+    assert trusted is not None and trusted.size == 10 * InFlight.FLOOR
+    second = inflight.try_reserve(10)  # beside it: room for ten of the queue's largest
+    assert second is not None and second.size == 10 * plain_cost(mib)
+    assert inflight.try_reserve(10) is None  # a third would not fit in 64 MiB beside them
+    inflight.unreserve(second)
+    inflight.track(trusted, [])
+    alone = inflight.try_reserve(10)  # nothing else in progress: trusted once more
+    assert alone is not None and alone.size == 10 * InFlight.FLOOR
+    inflight.unreserve(alone)
+    inflight.settle_all(small)
+    assert inflight.held_bytes == 0 and inflight.wait_drained(0)
+
+
+def test_with_a_budget_below_a_full_receive_of_the_largest_receives_take_turns():
+    mib = 1024 * 1024
+    inflight = InFlight(1000, max_bytes=16 * mib, largest_message=mib)
+    seen = inflight.try_reserve(1)
+    assert seen is not None
+    inflight.track(seen, [_sized(0, "x")])
+    one = inflight.try_reserve(10)
+    assert one is not None
+    assert inflight.try_reserve(10) is None  # ten of the largest (40 MiB) never fit in 16 MiB
+    stop = threading.Event()
+    got: list[Reservation | None] = []
+    waiter = threading.Thread(target=lambda: got.append(inflight.reserve(10, stop, poll=0.05)))
+    waiter.start()
+    time.sleep(0.2)
+    assert got == []  # waits while the other receive is in progress
+    inflight.track(one, [])
+    waiter.join(10)
+    assert len(got) == 1 and got[0] is not None and got[0].size == 10 * InFlight.FLOOR
 
 
 def test_inflight_unwritten_leaves_jobs_that_only_wait_for_their_delete():
