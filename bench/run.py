@@ -52,12 +52,16 @@ PREFIX = "sqs-messages/"
 # Contenders
 # --------------------------------------------------------------------------------------------
 
-TUNED_SERVICE = {"workers": 32, "pollers": 8, "max_in_flight": 400, "ack_threads": 4}
+# Tuned for small messages: room for all eight receives at once (each receive that starts while
+# another is in progress needs room for ten plain messages of the queue's 1 MiB: 40 MiB).
+TUNED_SERVICE = {"workers": 32, "pollers": 8, "max_in_flight": 400, "ack_threads": 4,
+                 "max_in_flight_mib": 384}
 BATCH_SINK = {"batch": {"max_records": 200, "max_age_seconds": 1, "compression": "gzip"}}
 # Batched mode does little per message in the workers (encode a line); the limit is how fast
 # messages are received and deleted, so it gets more pollers and ack threads and room for
 # several open batches.
-BATCH_SERVICE = {"workers": 16, "pollers": 8, "max_in_flight": 1000, "ack_threads": 8}
+BATCH_SERVICE = {"workers": 16, "pollers": 8, "max_in_flight": 1000, "ack_threads": 8,
+                 "max_in_flight_mib": 384}
 TUNED_SOURCE = {"poll_interval_seconds": 1}
 
 
@@ -106,14 +110,15 @@ CONTENDERS: tuple[Contender, ...] = (
     Contender("ceiling-obstore", "reference", "bare loop as the ceiling, each PUT through obstore "
               "(the processor's default S3 client)", reference="ceiling-obstore"),
     Contender("sqs-processor-default", "processor",
-              "sqs-processor, shipped defaults (obstore for S3, 10 workers, 1 poller, 500 "
+              "sqs-processor, shipped defaults (obstore for S3, 16 workers, 2 pollers, 500 "
               "messages / 64 MiB in flight)"),
     Contender("sqs-processor-tuned", "processor",
-              "sqs-processor, {workers} workers, {pollers} pollers, {max_in_flight} in flight, "
+              "sqs-processor, {workers} workers, {pollers} pollers, {max_in_flight} messages / "
+              "{max_in_flight_mib} MiB in flight, "
               "source {source}", service=TUNED_SERVICE, source=TUNED_SOURCE),
     Contender("sqs-processor-batched", "processor",
               "sqs-processor, batched mode: 200 messages per gzip NDJSON object, 16 workers, "
-              "8 pollers, 8 ack threads, 1000 in flight", service=BATCH_SERVICE,
+              "8 pollers, 8 ack threads, 1000 messages / 384 MiB in flight", service=BATCH_SERVICE,
               source=TUNED_SOURCE, sink=BATCH_SINK),
 )
 BY_NAME = {c.name: c for c in CONTENDERS}
@@ -393,7 +398,8 @@ def _server_delta(before: dict[str, Any], after: dict[str, Any], n: int) -> dict
     cpu = after["cpu_seconds"] - before["cpu_seconds"]
     wall = after["time"] - before["time"]
     return {"requests_per_msg": requests / n, "cpu_ms_per_msg": (cpu - feeder_cpu) * 1000 / n,
-            "cpu_utilisation": cpu / wall if wall > 0 else None, "actions": actions}
+            "cpu_utilisation": cpu / wall if wall > 0 else None, "actions": actions,
+            "fast_puts": after["fast_puts"] - before["fast_puts"]}
 
 
 FEEDER_ACTIONS = ("sqs:SendMessage", "sqs:SendMessageBatch")
@@ -680,7 +686,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.big_n = min(args.big_n, 30)
     for item in filter(None, (x.strip() for x in args.tuned.split(","))):
         key, _, value = item.partition("=")
-        target = TUNED_SERVICE if key in ("workers", "pollers", "max_in_flight") else TUNED_SOURCE
+        target = TUNED_SERVICE if key in TUNED_SERVICE else TUNED_SOURCE
         target[key] = float(value) if "." in value else int(value)
     args.latencies = [float(x) for x in args.latency_ms.split(",") if x.strip()]
     args.contender_list = _names(args.contenders, parser)

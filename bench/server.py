@@ -74,6 +74,7 @@ class Recorder:
             self.puts: dict[str, dict[str, float]] = {}
             # queue name -> message id -> (SentTimestamp in ms, body)
             self.sent: dict[str, dict[str, tuple[int, str]]] = {}
+            self.fast_puts = 0  # PutObject calls stored by fast_put_object
 
     def request(self, action: str, cpu: float, wall: float) -> None:
         with self.lock:
@@ -84,9 +85,10 @@ class Recorder:
             entry[1] += cpu
             entry[2] += wall
 
-    def put(self, bucket: str, key: str, when: float) -> None:
+    def put(self, bucket: str, key: str, when: float, fast: bool) -> None:
         with self.lock:
             self.puts.setdefault(bucket, {}).setdefault(key, when)
+            self.fast_puts += fast
 
     def message_sent(self, queue_name: str, message_id: str, sent_ms: int, body: str) -> None:
         with self.lock:
@@ -178,7 +180,7 @@ class BenchMiddleware:
         if (service == "s3" and action == "PutObject" and status_holder
                 and status_holder[0].startswith("200")):
             bucket, _, key = environ.get("PATH_INFO", "/").lstrip("/").partition("/")
-            RECORDER.put(bucket, key, time.time())
+            RECORDER.put(bucket, key, time.time(), fast is not None)
         return [body]
 
     # -- control ---------------------------------------------------------------------------
@@ -222,8 +224,9 @@ class BenchMiddleware:
         with RECORDER.lock:
             actions = {name: {"count": int(v[0]), "cpu_seconds": v[1], "wall_seconds": v[2]}
                        for name, v in RECORDER.actions.items()}
+            fast_puts = RECORDER.fast_puts
         return {"actions": actions, "cpu_seconds": times.user + times.system,
-                "time": time.time()}
+                "time": time.time(), "fast_puts": fast_puts}
 
     def _do_verify(self, payload: dict[str, Any]) -> dict[str, Any]:
         return verify(payload["queue"], payload["bucket"], payload.get("prefix", ""),
@@ -343,14 +346,16 @@ FAST_PUT_NOTE = ("PutObject: plain puts are stored through moto's own S3 model (
                  "ETag and checksum) without its Flask/response layer; anything else, and every "
                  "412, goes through moto unchanged")
 
-# The request headers a plain boto3 put_object sends; any other header (metadata, ACL, tagging,
-# encryption, object lock, aws-chunked bodies, ...) sends the request through moto's full path.
+# The request headers a plain boto3 put_object or obstore put sends (obstore adds Accept); any
+# other header (metadata, ACL, tagging, encryption, object lock, aws-chunked bodies, ...) sends
+# the request through moto's full path.
 _PLAIN_PUT_HEADERS = frozenset({
     "CONTENT_TYPE", "CONTENT_LENGTH", "HTTP_HOST", "HTTP_USER_AGENT", "HTTP_EXPECT",
     "HTTP_X_AMZ_DATE", "HTTP_X_AMZ_CONTENT_SHA256", "HTTP_AUTHORIZATION",
     "HTTP_AMZ_SDK_INVOCATION_ID", "HTTP_AMZ_SDK_REQUEST", "HTTP_IF_NONE_MATCH",
-    "HTTP_CONTENT_MD5", "HTTP_ACCEPT_ENCODING", "HTTP_CONNECTION", "HTTP_X_AMZ_USER_AGENT",
-    "HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM", "HTTP_X_AMZ_CHECKSUM_CRC32", "HTTP_X_AMZ_CHECKSUM_CRC32C",
+    "HTTP_CONTENT_MD5", "HTTP_ACCEPT", "HTTP_ACCEPT_ENCODING", "HTTP_CONNECTION",
+    "HTTP_X_AMZ_USER_AGENT", "HTTP_X_AMZ_SDK_CHECKSUM_ALGORITHM", "HTTP_X_AMZ_CHECKSUM_CRC32",
+    "HTTP_X_AMZ_CHECKSUM_CRC32C",
     "HTTP_X_AMZ_CHECKSUM_CRC64NVME", "HTTP_X_AMZ_CHECKSUM_SHA1", "HTTP_X_AMZ_CHECKSUM_SHA256",
 })
 _PLAIN_KEY_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
