@@ -262,5 +262,6 @@ def test_a_burst_of_maximum_size_messages_after_small_ones_stays_inside_the_pod_
     stopped = process.wait_event("stopped")
     assert stopped["failed"] == 0 and stopped["processed"] == 260
     assert_archived_exactly_once(s3, sqs, bucket, queue_url, {**small, **large})
-    print(f"peak RSS, 200 small then 60 x 1 MiB: {peak / MIB:.0f} MiB (before {idle / MIB:.0f} MiB)")
+    print(f"peak RSS, 200 small then 60 x 1 MiB: {peak / MIB:.0f} MiB "
+          f"(before {idle / MIB:.0f} MiB)")
     assert peak < 0.75 * POD_LIMIT, f"peak RSS {peak / MIB:.0f} MiB"
