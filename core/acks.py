@@ -156,16 +156,16 @@ class AckPool:
         return gave_up
 
     def _attempt(self, pending: list, by_message: dict, attempt: int) -> list[AckFailure]:
-        """One call of the acker, with an ``ack`` span per message in that message's trace."""
+        """One call of the acker, with an ``ack`` span per message in that message's trace
+        (none when tracing is off)."""
+        if not self.tracing.enabled:
+            return [f for f in self._call(pending) if id(f.message) in by_message]
         spans = [self.tracing.tracer.start_span(
             f"ack {self.label}", context=by_message[id(m)].context,
             attributes={STAGE: "ack", "sqs_processor.attempt": attempt}) for m in pending]
         token = otel_context.attach(trace.set_span_in_context(spans[0]))
         try:
-            failures = list(self.acker.ack(pending))
-        except (Exception, SystemExit) as exc:
-            failures = [AckFailure(m, error_code(exc), describe_error(exc), retryable=True)
-                        for m in pending]
+            failures = self._call(pending)
         finally:
             otel_context.detach(token)
         failed = {id(f.message): f for f in failures}
@@ -177,3 +177,11 @@ class AckPool:
             span.end()
         # Failures for messages not in this call are the acker's mistake; ignore them.
         return [f for f in failures if id(f.message) in by_message]
+
+    def _call(self, pending: list) -> list[AckFailure]:
+        """The acker's answer; an exception fails every message of the call, retryably."""
+        try:
+            return list(self.acker.ack(pending))
+        except (Exception, SystemExit) as exc:
+            return [AckFailure(m, error_code(exc), describe_error(exc), retryable=True)
+                    for m in pending]

@@ -6,7 +6,8 @@ in Prometheus text (:mod:`sqs_processor.prometheus`), and OTLP exports the same 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
@@ -21,6 +22,36 @@ RELOAD_OUTCOMES = ("ok", "rejected")
 
 AGE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 14400.0,
                86400.0, 345600.0, 1209600.0)
+
+
+class TotalCounter:
+    """A counter for the per-message path: :meth:`add` sums in memory under one lock, and the
+    SDK reads the sums through an observable counter of the same name when it collects. What
+    ``/metrics`` and OTLP show is the same cumulative sum a ``Counter`` gives, without an SDK
+    measurement per message (about 5-9 µs each: attribute hashing, exemplar check, its own
+    lock). Attributes are keyed by their items in order; the callers pass the same mappings.
+    """
+
+    def __init__(self, meter: Any, name: str, description: str) -> None:
+        self.name = name
+        self._lock = threading.Lock()
+        self._totals: dict[tuple[tuple[str, Any], ...], int] = {}
+        meter.create_observable_counter(name, callbacks=[self._observe],
+                                        description=description)
+
+    def add(self, amount: int, attributes: Mapping[str, Any] | None = None) -> None:
+        if amount < 0:
+            raise ValueError("a counter only goes up")
+        key = tuple(attributes.items()) if attributes else ()
+        with self._lock:
+            self._totals[key] = self._totals.get(key, 0) + amount
+
+    def _observe(self, _options: Any) -> Iterable[Any]:
+        from opentelemetry.metrics import Observation
+
+        with self._lock:
+            totals = list(self._totals.items())
+        return [Observation(total, dict(key) or None) for key, total in totals]
 
 
 class Metrics:
@@ -45,8 +76,8 @@ class Metrics:
         self.redelivered = counter(
             "sqs_processor_messages_redelivered",
             description="Received messages whose receive count was above 1.")
-        self.processed = counter(
-            "sqs_processor_messages_processed",
+        self.processed = TotalCounter(
+            meter, "sqs_processor_messages_processed",
             description="Messages that went through the pipeline, by outcome "
                         "(written, existing, dropped).")
         self.failed = counter(
@@ -76,10 +107,10 @@ class Metrics:
         self.reloads = counter(
             "sqs_processor_config_reloads",
             description="Live reloads of the pipeline config, by outcome (ok, rejected).")
-        self.objects_written = counter("sqs_processor_objects_written",
-                                       description="Objects the sink created.")
-        self.objects_existing = counter(
-            "sqs_processor_objects_existing",
+        self.objects_written = TotalCounter(meter, "sqs_processor_objects_written",
+                                            description="Objects the sink created.")
+        self.objects_existing = TotalCounter(
+            meter, "sqs_processor_objects_existing",
             description="Writes skipped because the object was already there (a redelivery).")
         self.polls = counter("sqs_processor_polls",
                              description="Receive calls, by outcome (messages, empty, error).")
@@ -135,7 +166,8 @@ class Metrics:
         for instrument in vars(self).values():
             name = getattr(instrument, "name", None)
             if isinstance(name, str) and name.startswith("sqs_processor_"):
-                names.add(f"{name}_total" if isinstance(instrument, Counter) else name)
+                counts = isinstance(instrument, Counter | TotalCounter)
+                names.add(f"{name}_total" if counts else name)
         return names
 
     def gauge(self, name: str, read: Callable[[], float]) -> None:

@@ -478,3 +478,36 @@ def test_a_refused_extension_is_given_up_once_and_not_tried_again():
     beat.beat(now + 1)
     assert source.extended == [(["m-1"], 30)]
     assert gone.extend_failed
+
+
+# --------------------------------------------------------------------------------------------
+# TotalCounter
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_total_counter_exports_the_sums_an_sdk_counter_would():
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from sqs_processor.metrics import TotalCounter
+
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    sdk, total = meter.create_counter("sdk"), TotalCounter(meter, "total", "summed in memory")
+    written, dropped = {"outcome": "written"}, {"outcome": "dropped"}
+    threads = [threading.Thread(target=lambda: [(c.add(1, written), c.add(2, dropped), c.add(1))
+                                                for _ in range(500) for c in (sdk, total)])
+               for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with pytest.raises(ValueError):
+        total.add(-1)
+    [resource] = reader.get_metrics_data().resource_metrics
+    points = {metric.name: (type(metric.data).__name__, metric.data.is_monotonic,
+                            sorted((dict(p.attributes or {}).get("outcome", ""), p.value)
+                                   for p in metric.data.data_points))
+              for scope in resource.scope_metrics for metric in scope.metrics}
+    assert points["total"] == points["sdk"] == (
+        "Sum", True, [("", 2000), ("dropped", 4000), ("written", 2000)])
