@@ -128,13 +128,13 @@ class SqsSource(Source):
                 self._visibility = int(attributes["VisibilityTimeout"])
         except Exception as exc:
             self.max_message_bytes = SQS_MAX_MESSAGE_BYTES
+            assumed = f"messages of up to {self.max_message_bytes} bytes"
             if self._visibility is None:
                 self._visibility = DEFAULT_VISIBILITY_TIMEOUT
-            log.warning("could not read the attributes of %s (%s); assuming %ds of visibility "
-                        "for the heartbeat and messages of up to %d bytes. Set "
-                        "source.visibility_timeout to be exact.",
-                        self.queue_name, describe_error(exc), self._visibility,
-                        self.max_message_bytes,
+                assumed += (f" and {self._visibility}s of visibility for the heartbeat (set "
+                            "source.visibility_timeout to be exact)")
+            log.warning("could not read the attributes of %s (%s); assuming %s",
+                        self.queue_name, describe_error(exc), assumed,
                         extra={"event": "visibility_unknown", "error": error_code(exc)})
 
     def visibility_timeout(self) -> float | None:
