@@ -208,6 +208,18 @@ class InFlight:
                 self._typical = max(max(self._recent), self.FLOOR)
             self._wake()
 
+    def receives_at_once(self, count: int) -> int | None:
+        """How many receives of ``count`` messages fit in progress together while nothing is
+        held: one sized on trust, the others like the largest (None: no byte bound)."""
+        if self.max_bytes is None:
+            return None
+        first = min(count * self.FLOOR, self.max_bytes)
+        return 1 + (self.max_bytes - first) // (count * self.largest_cost)
+
+    def bytes_for(self, receives: int, count: int) -> int:
+        """The ``max_bytes`` that lets ``receives`` receives of ``count`` be in progress at once."""
+        return count * self.FLOOR + (receives - 1) * count * self.largest_cost
+
     @property
     def held_bytes(self) -> int:
         """Bytes held by the jobs in flight (their estimated cost)."""

@@ -75,8 +75,25 @@ class Poller:
                                           daemon=True) for i in range(threads)]
 
     def start(self) -> None:
+        self._warn_if_room_is_short()
         for thread in self._threads:
             thread.start()
+
+    def _warn_if_room_is_short(self) -> None:
+        """Say so at start when the memory budget cannot let every poller receive at once."""
+        at_once = self.inflight.receives_at_once(self.reserve)
+        pollers = len(self._threads)
+        if at_once is None or at_once >= pollers:
+            return
+        mib = 1024 * 1024
+        needed = -(-self.inflight.bytes_for(pollers, self.reserve) // mib)
+        log.warning("service.pollers is %d, but service.max_in_flight_mib (%d) leaves room for "
+                    "%d receive(s) at once: a receive beside another reserves room for %d "
+                    "messages of %d bytes (the source's largest), so the other pollers wait. "
+                    "Set max_in_flight_mib to %d for all of them, or fewer pollers",
+                    pollers, (self.inflight.max_bytes or 0) // mib, at_once, self.reserve,
+                    self.source.max_message_bytes, needed,
+                    extra={"event": "pollers_limited", "receives_at_once": at_once})
 
     def join(self, deadline: float) -> None:
         """Wait for the pollers to stop (after their receive in progress) until ``deadline``."""

@@ -245,6 +245,25 @@ def test_a_receive_that_raises_backs_off_and_recovers(tmp_path: Path, caplog):
     assert any("receive from memory failed" in r.getMessage() for r in caplog.records)
 
 
+def test_more_pollers_than_the_budget_lets_receive_at_once_are_named_at_start(
+    tmp_path: Path, caplog
+):
+    # 1 MiB messages (the source's default largest): each receive beside another needs 40 MiB.
+    runner, _ = make_runner(tmp_path, ["ok-1"], service={"pollers": 4})
+    with caplog.at_level("WARNING", logger="sqs_processor"):
+        run_until(runner, lambda: runner.pipeline.stats.snapshot()["processed"] == 1)
+    [warning] = [r for r in caplog.records if getattr(r, "event", "") == "pollers_limited"]
+    assert warning.receives_at_once == 2
+    assert "service.pollers is 4, but service.max_in_flight_mib (64)" in warning.getMessage()
+    assert "Set max_in_flight_mib to 121 for all of them" in warning.getMessage()
+
+    quiet, _ = make_runner(tmp_path, ["ok-2"], service={"pollers": 4, "max_in_flight_mib": 121})
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="sqs_processor"):
+        run_until(quiet, lambda: quiet.pipeline.stats.snapshot()["processed"] == 1)
+    assert not [r for r in caplog.records if getattr(r, "event", "") == "pollers_limited"]
+
+
 def test_stop_releases_what_is_unfinished_at_the_deadline(tmp_path: Path):
     # Writes take a minute; the grace is half a second. A runner that waited for the writes
     # instead of keeping to its grace would take over 60 s to stop.
