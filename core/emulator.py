@@ -10,10 +10,12 @@ It speaks the real AWS HTTP protocols, so boto3 and the AWS CLI reach it unchang
 ``--endpoint-url http://127.0.0.1:4566`` (any credentials). It needs the ``local`` extra
 (``moto[server]``).
 
-One fix is applied to moto inside this process: moto rebuilds a queue's message list on delete
-without the lock that guards sends, so a delete racing a send or another delete can lose an
-update (a deleted message comes back, or a sent one vanishes). Deletes take the queue's own lock
-here, which is what SQS guarantees and what the processor's guarantees are tested against.
+Two fixes are applied to moto inside this process, both taking the queue's own lock, which is
+what SQS guarantees and what the processor's guarantees are tested against: moto rebuilds a
+queue's message list on delete without the lock that guards sends, so a delete racing a send or
+another delete can lose an update (a deleted message comes back, or a sent one vanishes); and
+two receives at once (two pollers) can both pick the same message before either marks it in
+flight, so it is delivered twice within its visibility timeout.
 """
 
 from __future__ import annotations
@@ -44,6 +46,24 @@ def serialise_moto_deletes() -> None:
     models.Queue.delete_message = delete_message
 
 
+def serialise_moto_receives() -> None:
+    """Make moto's ``SQSBackend.receive_message`` pick messages under the queue's lock (its
+    long-poll wait is a wait on that lock's condition, so waiting still lets others in)."""
+    from moto.sqs import models
+
+    original = models.SQSBackend.receive_message
+    if getattr(original, "_sqs_processor_locked", False):
+        return
+
+    @functools.wraps(original)
+    def receive_message(self, queue_name, *args, **kwargs):  # type: ignore[no-untyped-def]
+        with self.get_queue(queue_name)._messages_lock:
+            return original(self, queue_name, *args, **kwargs)
+
+    receive_message._sqs_processor_locked = True  # type: ignore[attr-defined]
+    models.SQSBackend.receive_message = receive_message
+
+
 def _check_free(host: str, port: int) -> None:
     """Fail at once when the port is taken: moto's server thread would exit and leave
     ``start()`` waiting forever."""
@@ -67,6 +87,7 @@ def start(host: str = "127.0.0.1", port: int = 4566):  # type: ignore[no-untyped
         raise SystemExit("the emulator needs moto's server: pip install 'sqs-processor[local]' "
                          f"({exc})") from None
     serialise_moto_deletes()
+    serialise_moto_receives()
     _check_free(host, port)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
