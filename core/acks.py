@@ -158,8 +158,12 @@ class AckPool:
     def _attempt(self, pending: list, by_message: dict, attempt: int) -> list[AckFailure]:
         """One call of the acker, with an ``ack`` span per message in that message's trace
         (none when tracing is off)."""
-        if not self.tracing.enabled:
-            return [f for f in self._call(pending) if id(f.message) in by_message]
+        failures = (self._traced_call(pending, by_message, attempt) if self.tracing.enabled
+                    else self._call(pending))
+        # Failures for messages not in this call are the acker's mistake; ignore them.
+        return [f for f in failures if id(f.message) in by_message]
+
+    def _traced_call(self, pending: list, by_message: dict, attempt: int) -> list[AckFailure]:
         spans = [self.tracing.tracer.start_span(
             f"ack {self.label}", context=by_message[id(m)].context,
             attributes={STAGE: "ack", "sqs_processor.attempt": attempt}) for m in pending]
@@ -175,8 +179,7 @@ class AckPool:
                 span.set_attribute("error.type", failure.code)
                 span.set_status(Status(StatusCode.ERROR, failure.detail))
             span.end()
-        # Failures for messages not in this call are the acker's mistake; ignore them.
-        return [f for f in failures if id(f.message) in by_message]
+        return failures
 
     def _call(self, pending: list) -> list[AckFailure]:
         """The acker's answer; an exception fails every message of the call, retryably."""

@@ -36,7 +36,6 @@ from sqs_processor import (
 log = logging.getLogger(__name__)
 
 DEFAULT_VISIBILITY_TIMEOUT = 30  # SQS's own default, assumed when the queue cannot be asked
-SQS_MAX_MESSAGE_BYTES = 1024 * 1024  # SQS's largest message, assumed when the queue cannot be asked
 
 OPTIONS = (
     Option("queue_url", str, REQUIRED, "URL of the SQS queue to read."),
@@ -123,11 +122,11 @@ class SqsSource(Source):
                                                         AttributeNames=names)
             attributes = response["Attributes"]
             self.max_message_bytes = int(attributes.get("MaximumMessageSize",
-                                                        SQS_MAX_MESSAGE_BYTES))
+                                                        Source.max_message_bytes))
             if self._visibility is None:
                 self._visibility = int(attributes["VisibilityTimeout"])
         except Exception as exc:
-            self.max_message_bytes = SQS_MAX_MESSAGE_BYTES
+            self.max_message_bytes = Source.max_message_bytes  # SQS's largest
             assumed = f"messages of up to {self.max_message_bytes} bytes"
             if self._visibility is None:
                 self._visibility = DEFAULT_VISIBILITY_TIMEOUT

@@ -28,18 +28,11 @@ def proxy(emulator: str) -> Iterator[FaultProxy]:
         yield running
 
 
-@pytest.fixture
-def replicas() -> Iterator[list[ProcessorProcess]]:
-    processes: list[ProcessorProcess] = []
-    yield processes
-    for process in processes:
-        process.stop()
-
-
 @pytest.mark.timeout(150)
 def test_three_replicas_on_one_queue_store_every_message_exactly_once(
-    tmp_path: Path, aws_env, sqs, s3, bucket, proxy, replicas
+    tmp_path: Path, aws_env, sqs, s3, bucket, proxy, child
 ):
+    replicas = child  # stopped when the test ends
     queue_url, _ = create_queue(sqs, unique("q"), visibility_timeout=2)
     proxy.add(Delay(0.5), operation="PutObject", probability=0.1)
     proxy.add(DropAfterForward(), operation="PutObject", probability=0.03)
