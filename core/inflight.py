@@ -12,12 +12,14 @@ holds it, its parsed value, and the encoded document with its escapes):
   nothing is held, so a huge message cannot block the pipeline). It then
   :meth:`~InFlight.track`\\ s the jobs the receive returned, at their measured cost, which gives
   back the room they did not use;
-* only one receive at a time is sized on trust. While one is in progress, another reserves as
+* only one receive at a time is sized on trust. While one is in progress, any other reserves as
   if it would bring ``max_batch`` messages of the source's largest size in plain text
   (:func:`plain_cost` of ``largest_message``), and the first receive of all goes alone, before
-  any message size is known. So with several pollers, a burst of the largest plain messages
-  exceeds ``max_bytes`` by one receive's surprise at most, as with one poller; bodies that cost
-  more than plain text (escapes, emoji) add what they cost beyond it in the other receives;
+  any message size is known. A receive that starts while only receives of that second kind are
+  in progress is sized on trust again: they cannot bring more plain text than they took.
+  So with several pollers, a burst of the largest plain messages exceeds ``max_bytes`` by one
+  receive's surprise at most, as with one poller; bodies that cost more than plain text
+  (escapes, emoji) add what they cost beyond it in the other receives;
 * :class:`~sqs_processor.settlement.Settlement` removes each job exactly once
   (:meth:`~InFlight.settle`): a second removal of the same job is a no-op, so two paths racing to
   end one message (a shutdown deadline and a late write) cannot free its room twice;
@@ -73,10 +75,12 @@ def plain_cost(size: int) -> int:
 
 @dataclass(frozen=True)
 class Reservation:
-    """Room taken for one receive: ``count`` messages and ``size`` bytes."""
+    """Room taken for one receive: ``count`` messages and ``size`` bytes; ``trusted`` when the
+    size was predicted from recent messages rather than the source's largest."""
 
     count: int
     size: int = 0
+    trusted: bool = False
 
 
 @dataclass(eq=False)
@@ -119,6 +123,7 @@ class InFlight:
         self.max_bytes = max_bytes
         self.largest_cost = plain_cost(largest_message)
         self._receiving = 0  # receives in progress: reservations of at least one message
+        self._trusting = 0  # of those, sized on trust (at most one)
         self._cond = threading.Condition()
         self._reserved = 0  # room taken by receives in progress
         self._reserved_bytes = 0
@@ -132,10 +137,12 @@ class InFlight:
 
     def _expected(self, count: int) -> int:
         """Bytes a receive of ``count`` messages is expected to cost (lock held): like the
-        recent messages when it is the only receive in progress, else like the largest."""
+        recent messages unless another receive sized that way is in progress, else like the
+        largest. Receives sized like the largest bring no more than they took, so one receive on
+        trust beside them is as safe as one alone."""
         if self.max_bytes is None:
             return 0
-        each = max(self._typical, self.largest_cost) if self._receiving else self._typical
+        each = max(self._typical, self.largest_cost) if self._trusting else self._typical
         return min(count * each, self.max_bytes)
 
     def _fits(self, count: int, size: int) -> bool:
@@ -173,16 +180,19 @@ class InFlight:
             return self._take(count)
 
     def _take(self, count: int) -> Reservation:
-        reservation = Reservation(count, self._expected(count))
+        trusted = bool(count) and not self._trusting and self.max_bytes is not None
+        reservation = Reservation(count, self._expected(count), trusted)
         self._reserved += reservation.count
         self._reserved_bytes += reservation.size
         self._receiving += 1 if reservation.count else 0
+        self._trusting += 1 if reservation.trusted else 0
         return reservation
 
     def _give_back(self, reservation: Reservation) -> None:
         self._reserved -= reservation.count
         self._reserved_bytes -= reservation.size
         self._receiving -= 1 if reservation.count else 0
+        self._trusting -= 1 if reservation.trusted else 0
 
     def unreserve(self, reservation: Reservation) -> None:
         """Give back room taken by :meth:`reserve` that no message will use (a failed receive)."""

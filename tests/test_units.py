@@ -130,7 +130,7 @@ def test_inflight_bytes_bound_receives_and_a_huge_message_still_gets_through():
     assert inflight.held_bytes == 0 and inflight.wait_drained(0)
 
 
-def test_inflight_takes_one_receive_at_a_time_on_trust_and_sizes_the_others_by_the_largest():
+def test_inflight_sizes_one_receive_at_a_time_on_trust_and_the_others_by_the_largest():
     mib = 1024 * 1024
     inflight = InFlight(1000, max_bytes=64 * mib, largest_message=mib)
     assert inflight.largest_cost == plain_cost(mib) == 4 * mib + MESSAGE_OVERHEAD
@@ -143,9 +143,16 @@ def test_inflight_takes_one_receive_at_a_time_on_trust_and_sizes_the_others_by_t
     assert trusted is not None and trusted.size == 10 * InFlight.FLOOR
     second = inflight.try_reserve(10)  # beside it: room for ten of the queue's largest
     assert second is not None and second.size == 10 * plain_cost(mib)
+    assert trusted.trusted and not second.trusted
     assert inflight.try_reserve(10) is None  # a third would not fit in 64 MiB beside them
-    inflight.unreserve(second)
     inflight.track(trusted, [])
+    # Only the receive sized like the largest is in progress: it can bring no more than it took,
+    # so the next one is sized on trust beside it, and one beside those two would not be.
+    again = inflight.try_reserve(10)
+    assert again is not None and again.trusted and again.size == 10 * InFlight.FLOOR
+    assert inflight.try_reserve(10) is None
+    inflight.unreserve(again)
+    inflight.unreserve(second)
     alone = inflight.try_reserve(10)  # nothing else in progress: trusted once more
     assert alone is not None and alone.size == 10 * InFlight.FLOOR
     inflight.unreserve(alone)
