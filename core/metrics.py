@@ -12,6 +12,7 @@ from typing import Any
 
 from opentelemetry.sdk.metrics import MeterProvider
 
+from sqs_processor.histograms import TotalHistogram
 from sqs_processor.telemetry_settings import package_version
 
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -55,12 +56,15 @@ class TotalCounter:
 
 
 class Metrics:
-    """The instruments the runner records. Every name starts with ``sqs_processor_``."""
+    """The instruments the runner records. Every name starts with ``sqs_processor_``.
 
-    def __init__(self, provider: MeterProvider) -> None:
+    ``exemplars`` is the histograms' exemplar filter (see :class:`TotalHistogram`).
+    """
+
+    def __init__(self, provider: MeterProvider, exemplars: str = "always_off") -> None:
         meter = provider.get_meter("sqs_processor", package_version())
         self._counters(meter)
-        self._histograms(meter)
+        self._histograms(exemplars)
         self._gauges: dict[str, Callable[[], float]] = {}
         self.in_flight = meter.create_observable_gauge(
             "sqs_processor_messages_in_flight", callbacks=[self._observe("in_flight")],
@@ -115,20 +119,25 @@ class Metrics:
         self.polls = counter("sqs_processor_polls",
                              description="Receive calls, by outcome (messages, empty, error).")
 
-    def _histograms(self, meter: Any) -> None:
-        self.aws_duration = meter.create_histogram(
-            "sqs_processor_aws_call_duration_seconds", unit="s",
-            description="Duration of AWS calls as the processor sees them (retries included), "
-                        "by service, operation and outcome.",
-            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS)
-        self.processing = meter.create_histogram(
-            "sqs_processor_message_processing_duration_seconds", unit="s",
-            description="From a worker picking a message up to its write being done.",
-            explicit_bucket_boundaries_advisory=SECONDS_BUCKETS)
-        self.age_at_write = meter.create_histogram(
-            "sqs_processor_message_age_at_write_seconds", unit="s",
-            description="Time from the message's SentTimestamp to its write (end-to-end lag).",
-            explicit_bucket_boundaries_advisory=AGE_BUCKETS)
+    def _histograms(self, exemplars: str) -> None:
+        def histogram(name: str, description: str, buckets: tuple[float, ...]) -> Any:
+            return TotalHistogram(name, description, "s", buckets, exemplars)
+
+        self.aws_duration = histogram(
+            "sqs_processor_aws_call_duration_seconds",
+            "Duration of AWS calls as the processor sees them (retries included), "
+            "by service, operation and outcome.", SECONDS_BUCKETS)
+        self.processing = histogram(
+            "sqs_processor_message_processing_duration_seconds",
+            "From a worker picking a message up to its write being done.", SECONDS_BUCKETS)
+        self.age_at_write = histogram(
+            "sqs_processor_message_age_at_write_seconds",
+            "Time from the message's SentTimestamp to its write (end-to-end lag).", AGE_BUCKETS)
+
+    def histograms(self) -> tuple[TotalHistogram, ...]:
+        """The histograms, which the readers' collections do not hold: see
+        :mod:`sqs_processor.histograms`."""
+        return (self.aws_duration, self.processing, self.age_at_write)
 
     def zero(self, queue: str, stages: Iterable[str], processed: Iterable[Any]) -> None:
         """Export every counter from start-up, at 0 for each label set known in advance.

@@ -33,8 +33,10 @@ from opentelemetry.sdk.metrics.export import (
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Tracer
 
+from sqs_processor.histograms import HistogramExporter, with_histograms
 from sqs_processor.metrics import Metrics
 from sqs_processor.objectstore import ObjectStoreWriter
 from sqs_processor.prometheus import render_prometheus
@@ -117,16 +119,30 @@ class Telemetry:
         else:
             self.tracer = trace.NoOpTracer()
         self.prometheus = InMemoryMetricReader()
+        self._resource = resource
+        self._scope = InstrumentationScope("sqs_processor", package_version())
         readers: list[MetricReader] = [self.prometheus]
+        otlp = None
         if self.settings.export_metrics:
             interval = self.settings.metrics_interval
+            otlp = HistogramExporter(_exporter(self.settings, "metrics"), resource, self._scope)
             readers.append(PeriodicExportingMetricReader(
-                _exporter(self.settings, "metrics"),
-                export_interval_millis=None if interval is None else interval * 1000))
+                otlp, export_interval_millis=None if interval is None else interval * 1000))
         self._meter_provider = MeterProvider(resource=resource, metric_readers=readers)
-        self.metrics = Metrics(self._meter_provider)
+        self.metrics = Metrics(self._meter_provider, self._exemplars())
+        if otlp is not None:
+            otlp.histograms = self.metrics.histograms()
         self._instrumented = False
         self._scrape_lock = threading.Lock()
+
+    def _exemplars(self) -> str:
+        """The histograms' exemplar filter: exemplars go out over OTLP only, and with
+        ``trace_based`` only when there are traces to point at."""
+        wanted = self.settings.exemplar_filter
+        if not self.settings.export_metrics or (wanted == "trace_based"
+                                                and not self.settings.export_traces):
+            return "always_off"
+        return wanted
 
     @property
     def tracing(self) -> bool:
@@ -192,6 +208,7 @@ class Telemetry:
     def prometheus_text(self) -> str:
         """Every metric in Prometheus text exposition format 0.0.4."""
         with self._scrape_lock:
-            data = self.prometheus.get_metrics_data()
+            data = with_histograms(self.prometheus.get_metrics_data(),
+                                   self.metrics.histograms(), self._resource, self._scope)
         return render_prometheus(data)
 

@@ -70,6 +70,7 @@ class TelemetrySettings:
     sampler_arg: float | None = None
     metrics_interval: float | None = None
     instrument_aws: bool = True
+    exemplar_filter: str = "trace_based"
 
     def describe(self) -> str:
         if not self.enabled:
@@ -120,6 +121,7 @@ def resolve_settings(
         sampler=sampler, sampler_arg=sampler_arg,
         metrics_interval=options["metrics_export_interval_seconds"],
         instrument_aws=options["instrument_aws"],
+        exemplar_filter=_exemplar_filter(environ),
     )
 
 
@@ -134,6 +136,18 @@ def _protocol(options: Mapping[str, Any], environ: Mapping[str, str]) -> str:
                                   value=value, expected=" or ".join(PROTOCOLS), env=(name,))
             return value
     return "http/protobuf"
+
+
+EXEMPLAR_FILTERS = ("trace_based", "always_on", "always_off")
+
+
+def _exemplar_filter(environ: Mapping[str, str]) -> str:
+    value = environ.get("OTEL_METRICS_EXEMPLAR_FILTER", "").strip().lower() or "trace_based"
+    if value not in EXEMPLAR_FILTERS:
+        raise ConfigError("OTEL_METRICS_EXEMPLAR_FILTER", "is not a supported exemplar filter",
+                          value=value, expected="one of " + ", ".join(EXEMPLAR_FILTERS),
+                          env=("OTEL_METRICS_EXEMPLAR_FILTER",))
+    return value
 
 
 def _sampling(options: Mapping[str, Any],

@@ -494,3 +494,38 @@ def test_readme_metrics_table_lists_exactly_the_metrics():
         assert documented == telemetry.metrics.prometheus_names()
     finally:
         telemetry.shutdown()
+
+
+@pytest.mark.parametrize("temporality", ["cumulative", "delta"])
+def test_histograms_reach_otlp_with_their_counts_and_the_traces_of_their_messages(
+        traced_run, sqs, s3, queue_url, bucket, temporality):
+    processing = "sqs_processor_message_processing_duration_seconds"
+    with OtlpHttpReceiver() as receiver:
+        process = traced_run(receiver, extra_env={
+            "OTEL_METRIC_EXPORT_INTERVAL": "300",
+            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE": temporality})
+        sent = {sqs.send_message(QueueUrl=queue_url, MessageBody=f'{{"n": {n}}}',
+                                 MessageAttributes=_traceparent(secrets.token_hex(16)))[
+                                     "MessageId"] for n in range(3)}
+        wait_for(lambda: len(stored_objects(s3, bucket)) == 3)
+        wait_for(lambda: receiver.collected.histogram_points(processing))
+        _stop(process)  # the last export goes out on shutdown
+        points = receiver.collected.histogram_points(processing)
+        spans = receiver.collected.wait_for_spans(
+            lambda spans: sent <= {s["attributes"].get("messaging.message.id") for s in spans})
+        puts = [p for p in receiver.collected.histogram_points(
+            "sqs_processor_aws_call_duration_seconds")
+            if p["attributes"] == {"service": "s3", "operation": "PutObject", "outcome": "ok"}]
+    assert {p["scope"] for p in points} == {"sqs_processor"}
+    assert {p["temporality"] for p in points} == {1 if temporality == "delta" else 2}
+    if temporality == "delta":  # each message is in exactly one interval
+        assert sum(p["count"] for p in points) == 3
+        assert sum(p["count"] for p in puts) == 3
+    else:  # each export holds everything so far
+        assert [p["count"] for p in points] == sorted(p["count"] for p in points)
+        assert points[-1]["count"] == 3 and puts[-1]["count"] == 3
+    for point in points:
+        assert sum(point["bucket_counts"]) == point["count"]
+        assert len(point["bucket_counts"]) == len(point["explicit_bounds"]) + 1
+    exemplars = {trace for p in points for trace in p["exemplar_traces"]}
+    assert exemplars and exemplars <= {_process_span(spans, m)["trace_id"] for m in sent}

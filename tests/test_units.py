@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers.support import wait_for, write_config
@@ -518,3 +519,176 @@ def test_a_total_counter_exports_the_sums_an_sdk_counter_would():
               for scope in resource.scope_metrics for metric in scope.metrics}
     assert points["total"] == points["sdk"] == (
         "Sum", True, [("", 2000), ("dropped", 4000), ("written", 2000)])
+
+
+# --------------------------------------------------------------------------------------------
+# TotalHistogram
+# --------------------------------------------------------------------------------------------
+
+
+def _histogram_points(data: Any, name: str) -> list[Any]:
+    return [point for resource in data.resource_metrics for scope in resource.scope_metrics
+            for metric in scope.metrics if metric.name == name
+            for point in metric.data.data_points]
+
+
+def test_a_total_histogram_exports_the_points_an_sdk_histogram_would():
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from sqs_processor.histograms import TotalHistogram, with_histograms
+
+    bounds = (0.01, 0.1, 1.0)
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    sdk = meter.create_histogram("sdk", explicit_bucket_boundaries_advisory=bounds)
+    total = TotalHistogram("total", "summed in memory", "s", bounds, "always_off")
+    ok, error = {"outcome": "ok"}, {"outcome": "error"}
+    values = [0.0, 0.01, 0.0100001, 0.5, 1.0, 7.25]  # on and either side of the boundaries
+
+    def record() -> None:
+        for _ in range(200):
+            for value in values:
+                for histogram in (sdk, total):
+                    histogram.record(value, ok)
+                    histogram.record(value * 2, error)
+                    histogram.record(value)
+
+    threads = [threading.Thread(target=record) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for bad in (-0.001, float("nan")):
+        with pytest.raises(ValueError, match="total"):
+            total.record(bad)
+    data = with_histograms(reader.get_metrics_data(), [total], Resource.create({}),
+                           InstrumentationScope("test"))
+
+    def summary(points: list[Any]) -> list[Any]:
+        return sorted((dict(p.attributes or {}).get("outcome", ""), p.count, round(p.sum, 6),
+                       tuple(p.bucket_counts), tuple(p.explicit_bounds), p.min, p.max,
+                       p.exemplars) for p in points)
+
+    expected = summary(_histogram_points(data, "sdk"))
+    assert summary(_histogram_points(data, "total")) == expected
+    assert [row[1] for row in expected] == [4800] * 3
+    [scope] = [s for s in data.resource_metrics[0].scope_metrics if s.scope.name == "test"]
+    assert {m.name for m in scope.metrics} == {"sdk", "total"}  # beside the SDK's, one scope
+
+
+class _Keeper:
+    """A metric exporter that keeps what it is given."""
+
+    def __init__(self, temporality: Any) -> None:
+        from opentelemetry.sdk.metrics import Histogram
+
+        self._preferred_temporality = {Histogram: temporality}
+        self._preferred_aggregation: dict[Any, Any] = {}
+        self.exported: list[Any] = []
+
+    def export(self, data: Any, timeout_millis: float = 0, **_: Any) -> Any:
+        from opentelemetry.sdk.metrics.export import MetricExportResult
+
+        self.exported.append(data)
+        return MetricExportResult.SUCCESS
+
+
+def _exporter(temporality: Any, *histograms: Any) -> tuple[Any, _Keeper]:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from sqs_processor.histograms import HistogramExporter
+
+    keeper = _Keeper(temporality)
+    exporter = HistogramExporter(keeper, Resource.create({"service.name": "t"}),
+                                 InstrumentationScope("sqs_processor"))
+    exporter.histograms = histograms
+    return exporter, keeper
+
+
+def test_the_histogram_exporter_sends_deltas_with_the_interval_min_and_max_when_asked():
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricsData
+
+    from sqs_processor.histograms import TotalHistogram
+
+    histogram = TotalHistogram("h", "d", "s", (1.0, 10.0), "always_off")
+    exporter, keeper = _exporter(AggregationTemporality.DELTA, histogram)
+    empty = MetricsData(resource_metrics=[])
+    for value in (0.5, 20.0):
+        histogram.record(value)
+    exporter.export(empty)
+    histogram.record(5.0)
+    exporter.export(empty)
+    exporter.export(empty)  # nothing recorded in between: no point
+    histogram.record(2.0, {"outcome": "error"})
+    exporter.export(empty)
+    first, second, third, fourth = (_histogram_points(data, "h") for data in keeper.exported)
+    assert [(p.count, p.sum, tuple(p.bucket_counts), p.min, p.max) for p in first] == [
+        (2, 20.5, (1, 0, 1), 0.5, 20.0)]
+    assert [(p.count, p.sum, tuple(p.bucket_counts), p.min, p.max) for p in second] == [
+        (1, 5.0, (0, 1, 0), 5.0, 5.0)]
+    assert third == []
+    assert [(dict(p.attributes), p.count) for p in fourth] == [({"outcome": "error"}, 1)]
+    assert second[0].start_time_unix_nano == first[0].time_unix_nano
+    assert keeper.exported[2] is empty  # passed on as it came
+    assert {data.resource_metrics[0].resource.attributes["service.name"]
+            for data in keeper.exported if data is not empty} == {"t"}
+
+
+def test_the_histogram_exporter_sends_cumulative_points_by_default():
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricsData
+
+    from sqs_processor.histograms import TotalHistogram
+
+    histogram = TotalHistogram("h", "d", "s", (1.0,), "always_off")
+    exporter, keeper = _exporter(AggregationTemporality.CUMULATIVE, histogram)
+    histogram.record(0.5)
+    exporter.export(MetricsData(resource_metrics=[]))
+    histogram.record(3.0)
+    exporter.export(MetricsData(resource_metrics=[]))
+    [first], [second] = (_histogram_points(data, "h") for data in keeper.exported)
+    assert (first.count, second.count, tuple(second.bucket_counts)) == (1, 2, (1, 1))
+    assert (second.min, second.max, second.start_time_unix_nano) == (
+        0.5, 3.0, first.start_time_unix_nano)
+
+
+@pytest.mark.parametrize("exemplar_filter", ["trace_based", "always_on", "always_off"])
+def test_histogram_exemplars_follow_the_filter_and_are_exported_once(exemplar_filter):
+    from opentelemetry.sdk.metrics.export import AggregationTemporality, MetricsData
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from sqs_processor.histograms import TotalHistogram
+
+    histogram = TotalHistogram("h", "d", "s", (1.0, 10.0), exemplar_filter)
+    exporter, keeper = _exporter(AggregationTemporality.CUMULATIVE, histogram)
+    tracer = TracerProvider().get_tracer("test")
+    histogram.record(0.5)  # no span
+    with tracer.start_as_current_span("first") as first:
+        histogram.record(5.0)
+    with tracer.start_as_current_span("second") as second:
+        histogram.record(6.0)  # the same bucket: the latest is kept
+    exporter.export(MetricsData(resource_metrics=[]))
+    exporter.export(MetricsData(resource_metrics=[]))
+    [point], [again] = (_histogram_points(data, "h") for data in keeper.exported)
+    traced = [(e.value, e.trace_id) for e in point.exemplars]
+    assert again.exemplars == []
+    assert first.get_span_context().trace_id != second.get_span_context().trace_id
+    assert traced == {
+        "trace_based": [(6.0, second.get_span_context().trace_id)],
+        "always_on": [(0.5, None), (6.0, second.get_span_context().trace_id)],
+        "always_off": [],
+    }[exemplar_filter]
+
+
+def test_an_unknown_exemplar_filter_is_refused_naming_the_variable():
+    from sqs_processor.errors import ConfigError
+    from sqs_processor.telemetry_settings import resolve_settings
+
+    assert resolve_settings({}, {}).exemplar_filter == "trace_based"
+    assert resolve_settings({}, {"OTEL_METRICS_EXEMPLAR_FILTER": "ALWAYS_OFF"}
+                            ).exemplar_filter == "always_off"
+    with pytest.raises(ConfigError, match="OTEL_METRICS_EXEMPLAR_FILTER"):
+        resolve_settings({}, {"OTEL_METRICS_EXEMPLAR_FILTER": "sometimes"})

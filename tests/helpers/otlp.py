@@ -43,6 +43,7 @@ class Collected:
     spans: list[dict[str, Any]] = field(default_factory=list)
     metric_names: set[str] = field(default_factory=set)
     metric_requests: int = 0
+    histograms: list[dict[str, Any]] = field(default_factory=list)
     raw_span_bytes: list[bytes] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -75,9 +76,24 @@ class Collected:
     def add_metrics(self, request: Any) -> None:
         names = {metric.name for rm in request.resource_metrics for sm in rm.scope_metrics
                  for metric in sm.metrics}
+        points = [{"name": metric.name, "scope": sm.scope.name,
+                   "temporality": metric.histogram.aggregation_temporality,
+                   "attributes": _attributes(point.attributes), "count": point.count,
+                   "sum": point.sum, "bucket_counts": list(point.bucket_counts),
+                   "explicit_bounds": list(point.explicit_bounds),
+                   "exemplar_traces": [e.trace_id.hex() for e in point.exemplars]}
+                  for rm in request.resource_metrics for sm in rm.scope_metrics
+                  for metric in sm.metrics if metric.HasField("histogram")
+                  for point in metric.histogram.data_points]
         with self.lock:
             self.metric_names |= names
             self.metric_requests += 1
+            self.histograms.extend(points)
+
+    def histogram_points(self, name: str) -> list[dict[str, Any]]:
+        """Every exported point of histogram ``name``, oldest first."""
+        with self.lock:
+            return [point for point in self.histograms if point["name"] == name]
 
     def snapshot(self) -> list[dict[str, Any]]:
         with self.lock:
