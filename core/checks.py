@@ -8,6 +8,7 @@ failing, and passes again after the next success.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import UTC, datetime
 
 from sqs_processor.errors import describe_error
@@ -24,13 +25,16 @@ class LastCallCheck:
         self.what = what
         self._lock = threading.Lock()
         self._error: str | None = None
-        self._last_ok: datetime | None = None
+        self._last_ok: float | None = None  # time.time() of the last success
 
     def succeeded(self) -> None:
-        now = datetime.now(UTC)
-        with self._lock:
-            self._error = None
-            self._last_ok = now
+        # Called once per message by the sink: one attribute store (atomic), and the lock only
+        # when a failure is to be cleared. Of a success and a failure that end together,
+        # either may count as the last; the check says so either way.
+        self._last_ok = time.time()
+        if self._error is not None:
+            with self._lock:
+                self._error = None
 
     def failed(self, exc: BaseException) -> None:
         text = describe_error(exc)
@@ -44,4 +48,5 @@ class LastCallCheck:
             return CheckResult(False, f"last {self.what} failed: {error}")
         if last_ok is None:
             return CheckResult(True, f"no {self.what} has completed yet")
-        return CheckResult(True, f"last {self.what} succeeded at {last_ok.isoformat()}")
+        when = datetime.fromtimestamp(last_ok, UTC).isoformat()
+        return CheckResult(True, f"last {self.what} succeeded at {when}")

@@ -40,6 +40,7 @@ class Message:
     attributes: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     message_attributes: Mapping[str, Mapping[str, Any]] = field(
         default_factory=lambda: _EMPTY, repr=False)
+    _sent_at: datetime | None = field(init=False, default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # Private read-only copies: neither the source that built the message nor a plugin that
@@ -48,17 +49,12 @@ class Message:
         object.__setattr__(self, "message_attributes", MappingProxyType(
             {name: MappingProxyType(dict(value))
              for name, value in self.message_attributes.items()}))
+        object.__setattr__(self, "_sent_at", _timestamp(self.attributes.get("SentTimestamp")))
 
     @property
     def sent_at(self) -> datetime | None:
         """When the producer sent the message (SQS ``SentTimestamp``), or None if unknown."""
-        raw = self.attributes.get("SentTimestamp")
-        if raw is None:
-            return None
-        try:
-            return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
-        except (TypeError, ValueError, OverflowError, OSError):
-            return None
+        return self._sent_at
 
     @property
     def receive_count(self) -> int:
@@ -67,6 +63,16 @@ class Message:
             return int(self.attributes.get("ApproximateReceiveCount", 1))
         except (TypeError, ValueError):
             return 1
+
+
+def _timestamp(raw: str | None) -> datetime | None:
+    """SQS's milliseconds since the epoch as a UTC datetime; None when absent or not one."""
+    if raw is None:
+        return None
+    try:
+        return datetime.fromtimestamp(int(raw) / 1000, tz=UTC)
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 @dataclass(slots=True)

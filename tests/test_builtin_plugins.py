@@ -20,6 +20,7 @@ import pytest
 from botocore.exceptions import ClientError
 from helpers.support import pipeline_config, queue_counts, unique, wait_for, write_config
 
+from sqs_processor.checks import LastCallCheck
 from sqs_processor.config import load_config
 from sqs_processor.errors import ConfigError, MessageError, error_code
 from sqs_processor.loaders import build_plugin_manager
@@ -293,6 +294,29 @@ def test_sqs_receive_check_fails_with_the_error_code_and_recovers_after_a_good_r
     result = check(pipeline, "sqs_receive")
     assert result.ok
     assert code not in result.detail
+
+
+def test_last_call_check_reports_the_last_outcome_and_when_the_last_success_was():
+    check = LastCallCheck("write to bucket b")
+    first = check()
+    assert first.ok and first.detail == "no write to bucket b has completed yet"
+
+    before = datetime.now(UTC).replace(microsecond=0)
+    check.succeeded()
+    ok = check()
+    assert ok.ok and ok.detail.startswith("last write to bucket b succeeded at ")
+    when = datetime.fromisoformat(ok.detail.rpartition(" at ")[2])
+    assert when.utcoffset() == timedelta(0)
+    assert before <= when <= datetime.now(UTC)
+
+    check.failed(ConnectionError("connection refused"))
+    failed = check()
+    assert not failed.ok
+    assert failed.detail.startswith("last write to bucket b failed: ")
+    assert "connection refused" in failed.detail
+
+    check.succeeded()
+    assert check().ok  # the next success clears the failure
 
 
 def test_message_sent_at_and_receive_count_read_the_system_attributes():
